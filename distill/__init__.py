@@ -1,0 +1,3 @@
+"""distill: knowledge distillation and transfer learning for PyTorch."""
+
+__version__ = "0.1.0"
