@@ -1,0 +1,163 @@
+"""Cost of each augmentation op per batch, next to one teacher training step.
+
+    python bench/augment_cost.py                       # CPU, teacher step timed at batch 32, scaled to 512
+    python bench/augment_cost.py --device cuda --json  # GPU, teacher step at batch 512, JSON on stdout
+
+Each op runs on a batch of `--batch` 32x32 images; the time is the median of `--reps` runs after
+`--warmup` runs, with the device synchronized around each run. The reference is one SGD step of a
+torchvision ResNet50 with a CIFAR stem (3x3 stride-1 conv1, no max-pool, 10 classes); on CUDA it
+runs in bf16 autocast with channels_last (how teachers train), on the CPU in float32. Where
+`--teacher-batch` is smaller than `--batch` the step time is scaled linearly to `--batch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import kornia
+import kornia.augmentation as K
+import torch
+import torchvision
+from torch import nn
+
+from distill.augment import AugmentConfig, GpuAugment, Preprocess, cutmix, mixup, random_crop, random_flip, to_float
+
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
+    """Median seconds of fn() over `reps` runs after `warmup` runs."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def augment_ops(batch: int, device: torch.device) -> dict[str, Callable[[], object]]:
+    """The ops to time, each on a fresh-looking batch of `batch` 32x32 images on `device`."""
+    x8 = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
+    xf = to_float(x8)
+    onehot = torch.nn.functional.one_hot(torch.arange(batch, device=device) % 10, 10).float()
+    y = torch.arange(batch, device=device) % 10
+    jitter, erase = K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=1.0), K.RandomErasing(p=0.5)
+    kornia_crop = K.RandomCrop((32, 32), padding=4, padding_mode="reflect")
+    normalize = Preprocess(CIFAR_MEAN, CIFAR_STD).to(device)
+    upsize = Preprocess(CIFAR_MEAN, CIFAR_STD, image_size=64).to(device)
+    pipelines = {name: GpuAugment(cfg, 10) for name, cfg in (
+        ("pipeline default (crop+flip)", AugmentConfig()),
+        ("pipeline all on", AugmentConfig(color_jitter=0.4, cutout=0.5, mixup=0.2, cutmix=1.0)))}
+    ops: dict[str, Callable[[], object]] = {
+        "to_float (uint8 -> [0,1])": lambda: to_float(x8),
+        "crop p=4 (ours, uint8)": lambda: random_crop(x8, 4),
+        "crop p=4 (ours, float32)": lambda: random_crop(xf, 4),
+        "crop p=4 (kornia RandomCrop)": lambda: kornia_crop(xf),
+        "flip (uint8)": lambda: random_flip(x8),
+        "color jitter s=0.4 (kornia)": lambda: jitter(xf),
+        "erasing p=0.5 (kornia)": lambda: erase(xf),
+        "mixup a=0.2": lambda: mixup(xf, onehot, 0.2),
+        "cutmix a=1.0": lambda: cutmix(xf, onehot, 1.0),
+        "normalize": lambda: normalize(xf),
+        "resize to 64 (bilinear)": lambda: upsize.resize(xf),
+    }
+    ops.update({name: (lambda aug=aug: aug(x8, y)) for name, aug in pipelines.items()})
+    return ops
+
+
+def cifar_resnet50() -> nn.Module:
+    model = torchvision.models.resnet50(num_classes=10)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def teacher_step_seconds(batch: int, device: torch.device, warmup: int, reps: int) -> float:
+    """One SGD step (forward, loss, backward, update) of the CIFAR ResNet50 on `batch` images."""
+    cuda = device.type == "cuda"
+    model = cifar_resnet50().to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return timed(step, device, warmup, reps)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--batch", type=int, default=512, help="images per augmentation batch")
+    parser.add_argument("--teacher-batch", type=int, default=None,
+                        help="batch for the teacher step, scaled linearly to --batch (default: --batch on "
+                             "cuda, 32 on cpu, where a step at 512 takes minutes)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=15, help="timed runs per op")
+    parser.add_argument("--teacher-reps", type=int, default=3, help="timed teacher steps (after one warm-up)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    teacher_batch = args.teacher_batch or (args.batch if device.type == "cuda" else 32)
+    torch.manual_seed(0)
+    op_seconds = {name: timed(fn, device, args.warmup, args.reps)
+                  for name, fn in augment_ops(args.batch, device).items()}
+    teacher = teacher_step_seconds(teacher_batch, device, 1, args.teacher_reps) * args.batch / teacher_batch
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "kornia": kornia.__version__,
+        "batch": args.batch, "teacher_batch": teacher_batch,
+        "teacher_precision": "bf16 autocast, channels_last" if device.type == "cuda" else "float32",
+        "teacher_step_ms": 1e3 * teacher,
+        "teacher_step_scaled": teacher_batch != args.batch,
+        "ops": {name: {"ms": 1e3 * s, "pct_of_teacher_step": 100 * s / teacher} for name, s in op_seconds.items()},
+    }
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+
+
+def format_table(report: dict) -> str:
+    scaled = f" (timed at batch {report['teacher_batch']}, scaled linearly)" if report["teacher_step_scaled"] else ""
+    lines = [
+        f"device {report['device']}, {report['cpu_threads']} CPU threads, torch {report['torch']}, "
+        f"kornia {report['kornia']}, batch {report['batch']} x 3x32x32",
+        f"teacher step (ResNet50 CIFAR stem, {report['teacher_precision']}) at batch {report['batch']}: "
+        f"{report['teacher_step_ms']:.1f} ms{scaled}",
+        "",
+        f"| {'op':<30} | {'ms / batch':>10} | {'% teacher step':>14} |",
+        f"|{'-' * 32}|{'-' * 11}:|{'-' * 15}:|",
+    ]
+    for name, row in report["ops"].items():
+        flag = " *" if row["pct_of_teacher_step"] > 10 else ""
+        lines.append(f"| {name:<30} | {row['ms']:>10.3f} | {row['pct_of_teacher_step']:>12.3f}{flag:2} |")
+    lines.append("\n* more than 10% of a teacher step")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

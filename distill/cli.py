@@ -1,0 +1,131 @@
+"""The `distill` command line (Typer). Training options are generated from the config dataclasses,
+so every option has help text and the same name in TOML files and on the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+try:  # typer >= 0.20 vendors click; older releases depend on it
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions
+
+from distill import config as C
+from distill.errors import UserError
+
+app = typer.Typer(
+    help="Knowledge distillation for PyTorch: train a strong CIFAR teacher, distill it into small students, "
+    "compare them.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
+
+
+def option_parameters(cls) -> list[inspect.Parameter]:
+    """One keyword parameter per config field, all defaulting to None so we know what the user gave."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        kind = C.base_type(hints[f.name])
+        flag = f"--{C.dash(f.name)}"
+        decls = [f"{flag}/--no-{C.dash(f.name)}"] if kind is bool else [flag]
+        help_text = f.metadata["help"] + ("" if kind is bool or f.default is None else f"  [default: {f.default}]")
+        option = typer.Option(None, *decls, help=help_text, show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=Optional[kind]))
+    return params
+
+
+def saved_config(cls, cli_values: dict) -> dict:
+    """With --resume, the run's own config.json is the base: `--out DIR --resume` is enough."""
+    if not cli_values.get("resume"):
+        return {}
+    cfg = cls(**{k: v for k, v in cli_values.items() if v is not None})
+    from distill.run import default_out
+
+    path = Path(cfg.out or default_out(cfg)) / "config.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    names = {f.name for f in dataclasses.fields(cls)} - {"config", "resume", "force", "quiet"}
+    return {k: v for k, v in saved.items() if k in names}
+
+
+def training_command(cls, name: str, summary: str):
+    def command(**values):
+        from distill.run import train_run
+
+        cfg = C.resolve(cls, values, saved_config(cls, values))
+        train_run(cfg)
+
+    params = option_parameters(cls)
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = summary
+    app.command(name)(command)
+
+
+training_command(C.TeachConfig, "teach", "Train a teacher (ResNet50 by default) on CIFAR-10 with GPU augmentation.")
+training_command(C.StudentConfig, "student",
+                 "Distill a teacher checkpoint into a small CIFAR ResNet, or train it alone (--no-teacher).")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = typer.main.get_command(app)
+    if not argv:
+        argv = ["--help"]
+    try:
+        command.main(args=argv, prog_name="distill", standalone_mode=False)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except click_exceptions.UsageError as err:
+        where = f" (see `distill {err.ctx.info_name} --help`)" if err.ctx and err.ctx.parent else " (see `distill --help`)"
+        print(f"error: {err.format_message()}{where}", file=sys.stderr)
+        sys.exit(2)
+    except click_exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click_exceptions.Abort:
+        sys.exit(130)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of a distill run."),
+    data: Optional[str] = typer.Option(None, help="Data to test on (default: the data the run was trained on)."),
+    limit_test: Optional[int] = typer.Option(None, help="Class-balanced subset of this many test images."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average predictions over the image and its mirror."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    cache_dir: Optional[str] = typer.Option(None, help="Cache folder for decoded data (default ~/.cache/distill)."),
+) -> None:
+    """Test accuracy and per-class accuracy of a checkpoint."""
+    from distill.evaluation import evaluate_checkpoint
+    from distill.report import print_evaluation
+    from distill.run import resolve_device
+
+    result = evaluate_checkpoint(checkpoint, data, limit_test, tta, resolve_device(device),
+                                 Path(cache_dir) if cache_dir else None)
+    print(json.dumps(result)) if json_out else print_evaluation(result)
+
+
+@app.command("models")
+def models_command(
+    image_size: int = typer.Option(32, help="Input side length used to count GFLOPs."),
+    num_classes: int = typer.Option(10, help="Classes of the head (changes parameter counts slightly)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """Every teacher and student: parameters and forward GFLOPs per image."""
+    from distill.report import model_table, print_models
+
+    rows = model_table(image_size, num_classes)
+    print(json.dumps(rows)) if json_out else print_models(rows, image_size)

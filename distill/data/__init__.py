@@ -1,0 +1,13 @@
+"""Datasets for distill: CIFAR-10 batches, image folders or archives, decoded once to cached
+uint8 tensors, plus seeded class-balanced splits.
+
+Public API (other modules import only these names from distill.data):
+    Dataset, Splits, default_cache_dir, load_dataset, make_splits, balanced_subset, channel_stats
+"""
+
+from .dataset import Dataset, Splits, default_cache_dir
+from .load import load_dataset
+from .splits import balanced_subset, channel_stats, make_splits
+
+__all__ = ["Dataset", "Splits", "default_cache_dir", "load_dataset", "make_splits", "balanced_subset",
+           "channel_stats"]

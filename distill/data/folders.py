@@ -1,0 +1,112 @@
+"""Image-folder trees: train/<class>/* and test/<class>/*, scanned without following loops."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.errors import UserError
+
+from .dataset import one_line
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+
+
+@dataclass
+class FileEntry:
+    path: str      # absolute or root-joined path, as opened
+    rel: str       # relative to the tree root: part of the cache key
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class SplitFiles:
+    classes: list[str]
+    files: list[FileEntry]
+    labels: list[int]
+
+
+def _visible(name: str) -> bool:
+    # Hidden files and macOS resource forks are never images of the dataset.
+    return not name.startswith(".") and name != "__MACOSX"
+
+
+def _listdir(folder: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
+    except OSError as err:
+        raise UserError(f"cannot list folder {folder} ({one_line(err)}); fix its permissions") from None
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks
+    except OSError as err:  # e.g. ELOOP for a link that points at itself
+        raise UserError(f"cannot follow {entry.path} ({one_line(err)}); remove or fix that link") from None
+
+
+def _enter(folder: str, seen: set[tuple[int, int]]) -> None:
+    """Refuse a folder reached a second time: a symlink loop (or a duplicate link) would
+    otherwise recurse forever or count the same images twice."""
+    st = os.stat(folder)
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        raise UserError(f"folder {folder} is reached twice through a symlink (a loop or a duplicate "
+                        "link); remove that link from the dataset tree")
+    seen.add(key)
+
+
+def _class_images(folder: str, root: Path, seen: set[tuple[int, int]]) -> list[FileEntry]:
+    """All image files under one class folder (subfolders included), sorted by path."""
+    out: list[FileEntry] = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        _enter(current, seen)
+        for entry in _listdir(current):
+            if _is_dir(entry):
+                stack.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
+                try:
+                    st = entry.stat()
+                except OSError as err:  # a dangling symlink named like an image
+                    raise UserError(f"cannot read {entry.path} ({one_line(err)}); fix or remove it") from None
+                out.append(FileEntry(entry.path, os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns))
+    return sorted(out, key=lambda f: f.rel)
+
+
+def _class_dirs(split_dir: Path) -> dict[str, str]:
+    return {e.name: e.path for e in _listdir(str(split_dir)) if _is_dir(e)}
+
+
+def _check_same_classes(root: Path, train: dict[str, str], test: dict[str, str]) -> None:
+    if not train:
+        raise UserError(f"{root / 'train'} has no class folders; put images in train/<class>/ and test/<class>/")
+    if set(train) != set(test):
+        only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        raise UserError(f"train/ and test/ in {root} have different class folders (only in train: "
+                        f"{only_train or 'none'}; only in test: {only_test or 'none'}); make them match")
+
+
+def scan_tree(root: Path) -> tuple[SplitFiles, SplitFiles]:
+    """Scan root/train and root/test: sorted classes, files and labels for each split."""
+    seen: set[tuple[int, int]] = set()
+    dirs = {split: _class_dirs(root / split) for split in ("train", "test")}
+    _check_same_classes(root, dirs["train"], dirs["test"])
+    classes = sorted(dirs["train"])
+    result = []
+    for split in ("train", "test"):
+        files: list[FileEntry] = []
+        labels: list[int] = []
+        for label, name in enumerate(classes):
+            found = _class_images(dirs[split][name], root, seen)
+            if not found:
+                raise UserError(f"class folder {dirs[split][name]} holds no images "
+                                f"({', '.join(sorted(IMAGE_EXTS))}); add images or remove the folder")
+            files += found
+            labels += [label] * len(found)
+        result.append(SplitFiles(classes, files, labels))
+    return result[0], result[1]

@@ -1,0 +1,82 @@
+"""What a run tells the world: TensorBoard scalars, console progress, the hparams summary.
+
+Every scalar uses the epoch as its step, so runs of one experiment overlay in one chart.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+# One chart per metric across every run of the experiment (TensorBoard's CUSTOM SCALARS tab).
+CUSTOM_LAYOUT = {
+    "distill": {
+        "test accuracy (all runs)": ["Multiline", [r"accuracy/test"]],
+        "validation accuracy (all runs)": ["Multiline", [r"accuracy/val$"]],
+    }
+}
+
+
+class RunLogger:
+    def __init__(self, out, name: str, epochs: int, quiet: bool, purge_step: int | None, enabled: bool = True):
+        self.enabled = enabled  # False on ranks other than 0: one writer per run
+        self.name, self.epochs, self.quiet = name, epochs, quiet
+        self.console = Console(stderr=False, highlight=False)
+        self.writer = SummaryWriter(str(out), purge_step=purge_step) if enabled else None
+        if self.writer is not None and purge_step in (None, 0):
+            self.writer.add_custom_scalars(CUSTOM_LAYOUT)
+        live = enabled and not quiet and sys.stdout.isatty()
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=self.console, transient=True) if live else None
+        self.task = None
+
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        if self.progress is None:
+            return
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("", total=steps)
+        self.progress.reset(self.task, total=steps, completed=done,
+                            description=f"{self.name} epoch {epoch + 1}/{self.epochs}")
+
+    def step(self, step: int, steps: int) -> None:
+        if self.progress is not None and (step % 5 == 0 or step == steps):
+            self.progress.update(self.task, completed=step)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def say(self, text: str) -> None:
+        if self.enabled and not self.quiet:
+            self.console.print(text, soft_wrap=True)
+
+    def epoch_line(self, epoch: int, s: dict) -> None:
+        val = f"val {s['accuracy/val']:.4f}" if s.get("accuracy/val") == s.get("accuracy/val") else "val -"
+        self.say(f"{self.name} epoch {epoch}/{self.epochs}: loss {s['loss/train']:.4f} "
+                 f"train {s['accuracy/train']:.4f} {val} lr {s['lr']:.4g} "
+                 f"{s['throughput/train_images_per_second']:.0f} img/s {s['time/epoch_seconds']:.1f}s")
+
+    def hparams(self, params: dict, metrics: dict) -> None:
+        """Write the HPARAMS summary into this run's own event file (add_hparams would add a run)."""
+        if self.writer is None:
+            return
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+        for summary in hparams(clean, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, 0) if tag.startswith("hparam/") else None
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.close()

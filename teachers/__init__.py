@@ -1,0 +1,112 @@
+"""Teacher backbones: torchvision ResNets with an optional CIFAR stem and ImageNet weights.
+
+Add a teacher by registering a constructor `fn(num_classes, stem, weights) -> nn.Module` on TEACHERS.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from distill.errors import UserError
+from distill.registry import Registry
+
+TEACHERS: Registry[nn.Module] = Registry("teacher arch")
+STEMS = ("cifar", "imagenet")
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2")
+
+
+def use_cifar_stem(model: nn.Module) -> None:
+    """3x3 stride-1 conv and no max-pool: a 32x32 image reaches layer1 at 32x32, not 8x8."""
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+
+
+def build_torchvision(arch: str, num_classes: int = 10, stem: str = "cifar", weights: str = "none") -> nn.Module:
+    if stem not in STEMS:
+        raise UserError(f"unknown stem '{stem}': choose one of {', '.join(STEMS)}")
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        use_cifar_stem(model)
+    state = pretrained_state_dict(arch, weights)
+    if state is not None:
+        load_backbone(model, state, arch, skip_conv1=stem == "cifar")
+    return model
+
+
+def load_backbone(model: nn.Module, state: dict, arch: str, skip_conv1: bool) -> None:
+    """Load every pretrained tensor except the new head (and the replaced stem conv)."""
+    skipped = {"fc.weight", "fc.bias"} | ({"conv1.weight"} if skip_conv1 else set())
+    state = {k: v for k, v in state.items() if k not in skipped}
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and k not in skipped and not k.endswith("num_batches_tracked")]
+    if bad or missing:
+        raise UserError(
+            f"the weights do not fit torchvision's {arch} ({len(bad)} unexpected and {len(missing)} missing keys, "
+            f"e.g. {(bad or missing)[0]}): pass a state_dict saved from torchvision.models.{arch}, or --weights none"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def weight_choices(arch: str) -> dict[str, object]:
+    """'imagenet' is torchvision's DEFAULT (IMAGENET1K_V2 for resnet50); each named version is selectable."""
+    enum = torchvision.models.get_model_weights(arch)
+    choices = {"imagenet": enum.DEFAULT}
+    choices.update({m.lower(): getattr(enum, m) for m in enum.__members__ if m != "DEFAULT"})
+    return choices
+
+
+def pretrained_state_dict(arch: str, weights: str) -> dict | None:
+    if weights == "none":
+        return None
+    choices = weight_choices(arch)
+    if weights.lower() in choices:
+        return load_state_file(cached_torchvision_weights(choices[weights.lower()]))
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"--weights '{weights}' is neither a file nor one of: none, {', '.join(choices)}"
+        )
+    return load_state_file(path)
+
+
+def cached_torchvision_weights(entry) -> Path:
+    """The file torchvision's weights API caches under $TORCH_HOME/hub/checkpoints, downloaded if missing."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    target = folder / Path(entry.url).name
+    if target.is_file():
+        return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(entry.url, str(target), progress=False)
+    except Exception as exc:  # offline, proxy, disk: all have the same fix
+        raise UserError(
+            f"ImageNet weights are not cached and could not be downloaded ({type(exc).__name__}): "
+            f"put {target.name} from {entry.url} into {folder}, or use --weights none"
+        ) from None
+    return target
+
+
+def load_state_file(path: Path) -> dict:
+    from distill.checkpoint import read_torch_file  # one place decides how hostile files are refused
+
+    state = read_torch_file(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state_dict (a dict of tensors in torchvision's key format)")
+    return state
+
+
+for _arch in TORCHVISION_ARCHS:
+    TEACHERS.register(_arch)(partial(build_torchvision, _arch))
+
+
+def create(arch: str, num_classes: int = 10, stem: str = "cifar", weights: str = "none") -> nn.Module:
+    return TEACHERS.create(arch, num_classes=num_classes, stem=stem, weights=weights)

@@ -1,0 +1,193 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.errors import UserError
+from distill.losses import METHODS, soft_cross_entropy
+
+B, C = 16, 10
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def logits(scale: float = 3.0, batch: int = B) -> torch.Tensor:
+    return torch.randn(batch, C) * scale
+
+
+def one_hot(labels: torch.Tensor) -> torch.Tensor:
+    return F.one_hot(labels, C).float()
+
+
+def mixed_targets(lam: float = 0.7) -> torch.Tensor:
+    return lam * one_hot(torch.randint(C, (B,))) + (1 - lam) * one_hot(torch.randint(C, (B,)))
+
+
+def total(name: str, s, t, y, progress: float = 100.0, **kw) -> torch.Tensor:
+    return METHODS.create(name, **kw)(s, t, y, progress)[0]
+
+
+# --- soft_cross_entropy ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_soft_ce_matches_cross_entropy_for_one_hot(eps):
+    s, labels = logits(), torch.randint(C, (B,))
+    expected = F.cross_entropy(s, labels, label_smoothing=eps)
+    torch.testing.assert_close(soft_cross_entropy(s, one_hot(labels), eps), expected)
+
+
+def test_soft_ce_of_mixed_targets_is_weighted_sum():
+    s, a, b, lam = logits(), torch.randint(C, (B,)), torch.randint(C, (B,)), 0.3
+    y = lam * one_hot(a) + (1 - lam) * one_hot(b)
+    expected = lam * F.cross_entropy(s, a) + (1 - lam) * F.cross_entropy(s, b)
+    torch.testing.assert_close(soft_cross_entropy(s, y), expected)
+
+
+# --- KD ---------------------------------------------------------------------------------------
+
+
+def test_kd_matches_hand_formula():
+    s, t, y, temp, alpha = logits(), logits(), mixed_targets(), 4.0, 0.9
+    p_t = torch.softmax(t / temp, dim=1)
+    kl = (p_t * (torch.log_softmax(t / temp, dim=1) - torch.log_softmax(s / temp, dim=1))).sum(1)
+    ce = -(y * torch.log_softmax(s, dim=1)).sum(1)
+    expected = ((1 - alpha) * ce + alpha * temp**2 * kl).mean()
+    torch.testing.assert_close(total("kd", s, t, y, temperature=temp, alpha=alpha), expected)
+
+
+def test_kd_is_zero_when_student_equals_teacher_at_alpha_one():
+    s = logits()
+    assert total("kd", s, s.clone(), mixed_targets(), alpha=1.0).abs() < 1e-6
+
+
+def test_kd_alpha_zero_is_cross_entropy():
+    s, t, y = logits(), logits(), mixed_targets()
+    torch.testing.assert_close(total("kd", s, t, y, alpha=0.0), soft_cross_entropy(s, y))
+
+
+def test_kd_is_batchmean():
+    s, t, y = logits(), logits(), mixed_targets()
+    doubled = total("kd", s.repeat(2, 1), t.repeat(2, 1), y.repeat(2, 1), alpha=1.0)
+    torch.testing.assert_close(doubled, total("kd", s, t, y, alpha=1.0))
+
+
+def test_kd_t_squared_keeps_gradient_scale():
+    # For small logits, d(T^2 KL)/dz_s ~ (z_s - z_t - mean)/C, independent of T;
+    # without the T^2 factor the gradient would shrink 4x from T=4 to T=8.
+    s, t, y = logits(scale=0.1), logits(scale=0.1), mixed_targets()
+
+    def grad_norm(temp: float) -> float:
+        s_ = s.clone().requires_grad_()
+        total("kd", s_, t, y, alpha=1.0, temperature=temp).backward()
+        return s_.grad.norm().item()
+
+    assert grad_norm(8.0) / grad_norm(4.0) == pytest.approx(1.0, rel=0.1)
+
+
+# --- DKD --------------------------------------------------------------------------------------
+
+
+def dkd_reference(s, t, y, temp, alpha, beta):
+    """The paper's equations, one sample at a time."""
+    tckd, nckd = [], []
+    for s_i, t_i, y_i in zip(s / temp, t / temp, y):
+        g = int(y_i.argmax())
+        p_s, p_t = torch.softmax(s_i, 0), torch.softmax(t_i, 0)
+        b_s, b_t = torch.stack([p_s[g], 1 - p_s[g]]), torch.stack([p_t[g], 1 - p_t[g]])
+        tckd.append((b_t * (b_t.log() - b_s.log())).sum())
+        drop = lambda v: torch.cat([v[:g], v[g + 1 :]])  # noqa: E731
+        q_s, q_t = torch.softmax(drop(s_i), 0), torch.softmax(drop(t_i), 0)
+        nckd.append((q_t * (q_t.log() - q_s.log())).sum())
+    kd = temp**2 * (alpha * torch.stack(tckd).mean() + beta * torch.stack(nckd).mean())
+    return F.cross_entropy(s, y) + kd
+
+
+@pytest.mark.parametrize("temp,alpha,beta", [(4.0, 1.0, 8.0), (1.0, 0.5, 2.0)])
+def test_dkd_matches_per_sample_reference(temp, alpha, beta):
+    s, t, y = logits().double(), logits().double(), mixed_targets().double()
+    got = total("dkd", s, t, y, temperature=temp, alpha=alpha, beta=beta, kd_warmup_epochs=20.0)
+    torch.testing.assert_close(got.double(), dkd_reference(s, t, y, temp, alpha, beta))
+
+
+def test_dkd_warmup_is_linear_then_saturates():
+    s, t, y = logits(), logits(), mixed_targets()
+    method = METHODS.create("dkd", kd_warmup_epochs=20.0)
+    kd_at = {p: method(s, t, y, p)[1]["kd"] for p in (0.0, 5.0, 20.0, 40.0)}
+    assert kd_at[0.0] == 0
+    torch.testing.assert_close(kd_at[5.0], 0.25 * kd_at[20.0])
+    torch.testing.assert_close(kd_at[40.0], kd_at[20.0])
+
+
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_kd_decomposes_into_tckd_and_nckd(temp):
+    # Paper eq. (7): KD = TCKD + (1 - p_t^T) * NCKD per sample (all three carry the same T^2).
+    for _ in range(5):
+        s, t = logits(batch=1).double(), logits(batch=1).double()
+        y = one_hot(torch.randint(C, (1,))).double()
+        _, parts = METHODS.create("dkd", temperature=temp)(s, t, y, 100.0)
+        kd = total("kd", s, t, y, temperature=temp, alpha=1.0)
+        p_target = torch.softmax(t / temp, dim=1)[0, y.argmax()]
+        torch.testing.assert_close(kd, parts["tckd"] + (1 - p_target) * parts["nckd"])
+
+
+def test_dkd_is_finite_for_confident_logits():
+    s, t, y = logits(scale=200.0), logits(scale=200.0), mixed_targets()
+    assert torch.isfinite(total("dkd", s, t, y))
+
+
+# --- registry, validation, dtype -------------------------------------------------------------
+
+
+def test_registry_names_and_unknown_name():
+    assert METHODS.list() == ["dkd", "kd", "none"]
+    with pytest.raises(UserError, match="dkd, kd, none"):
+        METHODS.create("fitnet")
+
+
+def test_constructors_accept_every_keyword():
+    kw = dict(label_smoothing=0.1, temperature=2.0, alpha=0.5, beta=4.0, kd_warmup_epochs=5.0)
+    methods = {name: METHODS.create(name, **kw) for name in METHODS.list()}
+    needs = {name: method.needs_teacher for name, method in methods.items()}
+    assert needs == {"dkd": True, "kd": True, "none": False}
+
+
+def test_none_is_label_smoothed_ce_without_teacher():
+    s, y = logits(), mixed_targets()
+    loss, parts = METHODS.create("none", label_smoothing=0.1)(s, None, y, 0.0)
+    torch.testing.assert_close(loss, soft_cross_entropy(s, y, 0.1))
+    assert set(parts) == {"ce"}
+
+
+def test_parts_are_detached():
+    s = logits().requires_grad_()
+    loss, parts = METHODS.create("dkd")(s, logits(), mixed_targets(), 1.0)
+    assert loss.requires_grad and not any(v.requires_grad for v in parts.values())
+
+
+@pytest.mark.parametrize(
+    "name,kw,word",
+    [
+        ("kd", {"temperature": 0.0}, "temperature"),
+        ("kd", {"alpha": 1.5}, "alpha"),
+        ("kd", {"alpha": -0.1}, "alpha"),
+        ("dkd", {"temperature": -1.0}, "temperature"),
+        ("dkd", {"alpha": -1.0}, "alpha"),
+        ("dkd", {"beta": -1.0}, "beta"),
+    ],
+)
+def test_bad_hyperparameters_raise_user_error(name, kw, word):
+    with pytest.raises(UserError, match=word):
+        METHODS.create(name, **kw)
+
+
+@pytest.mark.parametrize("name", ["none", "kd", "dkd"])
+def test_bf16_autocast_computes_in_float32(name):
+    s, t, y = logits(), logits(), mixed_targets()
+    reference = total(name, s, t, y, progress=5.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = total(name, s.bfloat16(), t.bfloat16(), y, progress=5.0)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, rtol=2e-2, atol=1e-2)
