@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -123,6 +124,7 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     teacher_batch = args.teacher_batch or (args.batch if device.type == "cuda" else 32)
+    load_before = os.getloadavg()[0]  # other work on the machine skews CPU numbers
     torch.manual_seed(0)
     op_seconds = {name: timed(fn, device, args.warmup, args.reps)
                   for name, fn in augment_ops(args.batch, device).items()}
@@ -131,6 +133,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(),
+        "load_avg_1min_before": load_before,
         "torch": torch.__version__, "kornia": kornia.__version__,
         "batch": args.batch, "teacher_batch": teacher_batch,
         "teacher_precision": "bf16 autocast, channels_last" if device.type == "cuda" else "float32",
@@ -144,7 +147,8 @@ def main() -> None:
 def format_table(report: dict) -> str:
     scaled = f" (timed at batch {report['teacher_batch']}, scaled linearly)" if report["teacher_step_scaled"] else ""
     lines = [
-        f"device {report['device']}, {report['cpu_threads']} CPU threads, torch {report['torch']}, "
+        f"device {report['device']}, {report['cpu_threads']} CPU threads (load avg before {report['load_avg_1min_before']:.2f}), "
+        f"torch {report['torch']}, "
         f"kornia {report['kornia']}, batch {report['batch']} x 3x32x32",
         f"teacher step (ResNet50 CIFAR stem, {report['teacher_precision']}) at batch {report['batch']}: "
         f"{report['teacher_step_ms']:.1f} ms{scaled}",

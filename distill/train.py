@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.augment import GpuAugment, Preprocess, to_float
+from distill.distributed import all_reduce_sum
 from distill.errors import UserError
 
 FINITE_CHECK_EVERY = 50  # steps between host syncs that look for a non-finite loss
@@ -154,7 +155,9 @@ def train_one_epoch(loop: Loop, epoch: int, start_step: int = 0) -> dict:
             check_finite(loss_sum, epoch, step)
         loop.on_step(step, steps)
     seconds = time.perf_counter() - started
-    done = max(seen, 1)
+    all_reduce_sum(loss_sum)  # every rank reports the global epoch figures (no-op on one process)
+    all_reduce_sum(correct)
+    done = max(seen * loop.world_size, 1)
     return {"loss": loss_sum.item() / done, "accuracy": correct.item() / done, "images": seen * loop.world_size,
             "seconds": seconds, "next_step": step, "finished": step >= steps}
 

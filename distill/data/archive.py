@@ -32,7 +32,7 @@ def archive_key(archive: Path) -> str:
 def _escapes(name: str) -> bool:
     """True for an absolute path or one with a '..' component (also with Windows separators)."""
     norm = name.replace("\\", "/")
-    return norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") or ".." in norm.split("/")
+    return norm.startswith("/") or ".." in norm.split("/")
 
 
 def _check_member(member: tarfile.TarInfo, archive: Path) -> None:

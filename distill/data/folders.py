@@ -33,7 +33,8 @@ def _visible(name: str) -> bool:
     return not name.startswith(".") and name != "__MACOSX"
 
 
-def _listdir(folder: str) -> list[os.DirEntry]:
+def list_visible(folder: str | Path) -> list[os.DirEntry]:
+    """Non-hidden entries of a folder, sorted by name; unreadable folders become a UserError."""
     try:
         with os.scandir(folder) as it:
             return sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
@@ -41,7 +42,7 @@ def _listdir(folder: str) -> list[os.DirEntry]:
         raise UserError(f"cannot list folder {folder} ({one_line(err)}); fix its permissions") from None
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
+def is_dir(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir()  # follows symlinks
     except OSError as err:  # e.g. ELOOP for a link that points at itself
@@ -66,8 +67,8 @@ def _class_images(folder: str, root: Path, seen: set[tuple[int, int]]) -> list[F
     while stack:
         current = stack.pop()
         _enter(current, seen)
-        for entry in _listdir(current):
-            if _is_dir(entry):
+        for entry in list_visible(current):
+            if is_dir(entry):
                 stack.append(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
                 try:
@@ -79,7 +80,7 @@ def _class_images(folder: str, root: Path, seen: set[tuple[int, int]]) -> list[F
 
 
 def _class_dirs(split_dir: Path) -> dict[str, str]:
-    return {e.name: e.path for e in _listdir(str(split_dir)) if _is_dir(e)}
+    return {e.name: e.path for e in list_visible(str(split_dir)) if is_dir(e)}
 
 
 def _check_same_classes(root: Path, train: dict[str, str], test: dict[str, str]) -> None:

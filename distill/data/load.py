@@ -15,13 +15,14 @@ from .archive import extract_archive, is_archive
 from .cache import cache_key, cache_path, read_cache, write_cache
 from .cifar import CIFAR_FILES, cifar_files, read_cifar
 from .dataset import Dataset, default_cache_dir, ensure_dir, one_line
-from .folders import scan_tree
+from .folders import is_dir, list_visible, scan_tree
 
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 LAYOUTS = ("train/<class>/ and test/<class>/ image folders, CIFAR-10 python batches "
            f"({CIFAR_DIR}/ or {CIFAR_ARCHIVE}), or a .tar/.tar.gz/.tgz of either")
 KIND_TEXT = {"cifar": "CIFAR-10 python batches", "folders": "image folders"}
+Files = list[tuple[str, int, int]]  # (relative path, size, mtime_ns) of every source file
 
 
 def _is_cifar_dir(path: Path) -> bool:
@@ -43,7 +44,7 @@ def find_layout(path: Path, depth: int = 1) -> tuple[str, Path] | None:
         return "folders", path
     if (path / CIFAR_DIR).is_dir():
         return "cifar", path / CIFAR_DIR
-    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX"]
+    subdirs = [Path(e.path) for e in list_visible(path) if is_dir(e)]
     if depth > 0 and len(subdirs) == 1:
         return find_layout(subdirs[0], depth - 1)
     return None
@@ -54,7 +55,7 @@ def _stat(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _plan(kind: str, root: Path, image_size: int, source: str) -> tuple[list[tuple[str, int, int]], Callable[[], Dataset]]:
+def _plan(kind: str, root: Path, image_size: int, source: str) -> tuple[Files, Callable[[], Dataset]]:
     """The files that key the cache, and how to decode them (scanning a tree only once)."""
     if kind == "cifar":
         files = [(p.name, *_stat(p)) for p in cifar_files(root)]
@@ -136,7 +137,7 @@ def _resolve_path(path: str | Path | None, cache_dir: Path, download: bool) -> P
             raise UserError(f"no dataset given; pass --data with {LAYOUTS}, or add --download to fetch CIFAR-10")
         return _download(fallback)
     path = Path(path).expanduser()
-    holds_nothing = not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    holds_nothing = not path.exists() or (path.is_dir() and not list_visible(path))
     if holds_nothing and download:
         return _download(_download_root(path, cache_dir))
     if not path.exists():
@@ -148,7 +149,7 @@ def _single_archive(folder: Path) -> Path | None:
     """cifar-10-python.tar.gz, or the only archive, inside a folder."""
     if (folder / CIFAR_ARCHIVE).is_file():
         return folder / CIFAR_ARCHIVE
-    found = [p for p in folder.iterdir() if p.is_file() and is_archive(p)]
+    found = [Path(e.path) for e in list_visible(folder) if e.is_file() and is_archive(Path(e.name))]
     return found[0] if len(found) == 1 else None
 
 
