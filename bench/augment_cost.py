@@ -146,10 +146,11 @@ def main() -> None:
 
 def format_table(report: dict) -> str:
     scaled = f" (timed at batch {report['teacher_batch']}, scaled linearly)" if report["teacher_step_scaled"] else ""
+    load = report.get("load_avg_1min_before")
     lines = [
-        f"device {report['device']}, {report['cpu_threads']} CPU threads (load avg before {report['load_avg_1min_before']:.2f}), "
-        f"torch {report['torch']}, "
-        f"kornia {report['kornia']}, batch {report['batch']} x 3x32x32",
+        f"device {report['device']}, {report['cpu_threads']} CPU threads"
+        + (f" (1-min load average before the run {load:.2f})" if load is not None else "")
+        + f", torch {report['torch']}, kornia {report['kornia']}, batch {report['batch']} x 3x32x32",
         f"teacher step (ResNet50 CIFAR stem, {report['teacher_precision']}) at batch {report['batch']}: "
         f"{report['teacher_step_ms']:.1f} ms{scaled}",
         "",

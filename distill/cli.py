@@ -129,3 +129,7 @@ def models_command(
 
     rows = model_table(image_size, num_classes)
     print(json.dumps(rows)) if json_out else print_models(rows, image_size)
+
+
+# Commands that live in their own modules register themselves on `app` when imported.
+from distill import cli_bench, cli_experiments  # noqa: E402,F401
