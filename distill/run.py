@@ -182,7 +182,7 @@ def build_run(cfg: C.TrainConfig) -> Run:
     loop = make_loop(cfg, model, spec, weights if not saved else "none", splits, device, channels_last, (mean, std))
     loop.rank, loop.world_size = rank, world
     run = Run(cfg, out, device, splits, spec, {"mean": mean, "std": std}, loop,
-              RunLogger(out, out.name, cfg.epochs, cfg.quiet, saved["epoch"] if saved else None, enabled=rank == 0),
+              RunLogger(out, out.name, cfg.epochs, cfg.quiet, saved["epoch"] + 1 if saved else None, enabled=rank == 0),
               is_main=rank == 0)
     if isinstance(cfg, C.StudentConfig) and loop.method.needs_teacher:
         loop.teacher, run.teacher_info = load_teacher(cfg, splits.classes, device, channels_last)

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny synthetic image-folder data sets and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from distill.cli import main
+
+CLASSES = ("apple", "boat", "cloud")
+
+
+def write_image_tree(root: Path, train_per_class: int = 16, test_per_class: int = 4, size: int = 16,
+                     classes=CLASSES, seed: int = 0) -> Path:
+    """Learnable tiny data: each class has its own mean colour plus noise, saved as lossless PNG."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.zeros(3)
+            base[k % 3] = 200
+            for i in range(count):
+                pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return write_image_tree(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Tests never touch the user's ~/.cache/distill."""
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `distill ...` in this process; returns exit code, stdout and stderr."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def tiny_teach_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """A teacher run that takes a few seconds on one CPU core."""
+    return ["teach", "--data", data, "--out", out, "--arch", "resnet18", "--stem", "imagenet",
+            "--image-size", "16", "--val-size", "6", "--epochs", "2", "--batch-size", "8", "--lr", "0.05",
+            "--device", "cpu", "--quiet", *extra]
+
+
+def file_digest(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns

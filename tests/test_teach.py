@@ -1,0 +1,74 @@
+"""`distill teach` end to end on tiny data: files, TensorBoard tags, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import file_digest, tiny_teach_args
+
+TAGS = {"loss/train", "accuracy/train", "accuracy/val", "accuracy/test", "lr",
+        "throughput/train_images_per_second", "time/epoch_seconds"}
+METRIC_KEYS = {"role", "arch", "params", "test_accuracy", "best_val_accuracy", "epochs", "wall_seconds",
+               "train_images_per_second", "dataset", "device"}
+
+
+def scalars(run_dir) -> dict[str, list[int]]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_teach_writes_every_file_and_tag(cli, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = cli(*tiny_teach_args(tiny_data, out))
+    assert result.code == 0, result.err
+    assert {"config.json", "last.pt", "best.pt", "metrics.json"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= metrics.keys()
+    assert metrics["role"] == "teacher" and metrics["epochs"] == 2 and 0 <= metrics["test_accuracy"] <= 1
+    steps = scalars(out)
+    assert TAGS <= steps.keys()
+    assert steps["accuracy/val"] == [1, 2] and steps["accuracy/test"] == [2]
+    config = json.loads((out / "config.json").read_text())
+    assert config["arch"] == "resnet18" and config["batch_size"] == 8 and config["spec"]["stem"] == "imagenet"
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    for key in ("model", "ema", "optimizer", "scheduler", "epoch", "rng", "config", "classes", "normalization", "spec"):
+        assert key in ckpt
+    assert ckpt["classes"] == ["apple", "boat", "cloud"] and ckpt["epoch"] == 2
+    assert len(ckpt["normalization"]["mean"]) == 3
+
+
+def test_resume_continues_at_next_epoch(cli, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_teach_args(tiny_data, out)
+    args[args.index("--epochs") + 1] = "1"
+    assert cli(*args).code == 0
+    result = cli("teach", "--out", out, "--resume", "--epochs", "2", "--quiet")  # the rest comes from config.json
+    assert result.code == 0, result.err
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    assert scalars(out)["accuracy/val"] == [1, 2]  # appended, no duplicate step
+
+
+def test_existing_run_is_refused_and_kept(cli, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert cli(*tiny_teach_args(tiny_data, out)).code == 0
+    before = file_digest(out / "last.pt"), (out / "metrics.json").read_text()
+    result = cli(*tiny_teach_args(tiny_data, out))
+    assert result.code == 2 and "--resume" in result.err and "--force" in result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert (file_digest(out / "last.pt"), (out / "metrics.json").read_text()) == before
+    assert cli(*tiny_teach_args(tiny_data, out, "--force")).code == 0
+
+
+def test_evaluate_json_matches_metrics(cli, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert cli(*tiny_teach_args(tiny_data, out)).code == 0
+    result = cli("evaluate", out / "best.pt", "--data", tiny_data, "--json", "--device", "cpu")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(report["accuracy"] - metrics["test_accuracy"]) < 1e-6
+    assert set(report["per_class"]) == {"apple", "boat", "cloud"}
