@@ -52,6 +52,8 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
     seed: int = opt(0, "Seeds the split, the batch order and the augmentation.")
     deterministic: bool = opt(False, "Deterministic kernels (bit-exact runs on the CPU; slower).")
+    sync_bn: bool = opt(False, "Under torchrun, compute BatchNorm statistics over the global batch instead of each process's shard (slower; helps small per-GPU batches).")
+    save_every: int = opt(1, "Write last.pt/best.pt every N epochs (and always at the end or on interruption).")
     resume: bool = opt(False, "Continue the run in --out from its last.pt.")
     force: bool = opt(False, "Start over in an existing run folder (its old files are replaced as the new run saves).")
     quiet: bool = opt(False, "Print only the final result.")
@@ -59,7 +61,8 @@ class TrainConfig:
     role = "teacher"
 
     def validate(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size,
+                    "save_every": self.save_every}
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"--{dash(name)} must be at least 1 (got {value})")

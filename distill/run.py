@@ -136,6 +136,7 @@ class Run:
     train_images: int = 0
     train_seconds: float = 0.0
     teacher_info: dict | None = None
+    best_state: dict | None = None  # best weights not yet written to best.pt
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -284,18 +285,29 @@ def validate(run: Run) -> tuple[float, str]:
 def end_epoch(run: Run, stats: dict) -> None:
     val_acc, which = validate(run)
     no_val = val_acc != val_acc
-    if run.is_main and (no_val or val_acc > run.best_val):
+    if no_val or val_acc > run.best_val:
         run.best_val, run.eval_weights = (run.best_val if no_val else val_acc), which
         weights = run.loop.ema.module if which == "ema" else unwrap(run.loop.model)
-        ckpt_io.save_atomic(base_checkpoint(run, weights.state_dict(), None, "model"), run.out / "best.pt")
-    if run.is_main:
-        save_last(run)
+        # Kept on the device until the next save: a ResNet50 checkpoint per epoch costs seconds of disk.
+        run.best_state = {k: v.detach().clone() for k, v in weights.state_dict().items()}
+    if run.epoch % run.cfg.save_every == 0 or run.epoch == run.cfg.epochs:
+        save_checkpoints(run)
     scalars = {"loss/train": stats["loss"], "accuracy/train": stats["accuracy"], "accuracy/val": val_acc,
                "lr": max(g["lr"] for g in run.loop.optimizer.param_groups),
                "throughput/train_images_per_second": stats["images"] / max(stats["seconds"], 1e-9),
                "time/epoch_seconds": stats["seconds"]}
     run.logger.scalars(run.epoch, {k: v for k, v in scalars.items() if v == v})
     run.logger.epoch_line(run.epoch, scalars)
+
+
+def save_checkpoints(run: Run) -> None:
+    """best.pt (if a better model appeared since the last save), then last.pt."""
+    if not run.is_main:
+        return
+    if run.best_state is not None:
+        ckpt_io.save_atomic(base_checkpoint(run, run.best_state, None, "model"), run.out / "best.pt")
+        run.best_state = None
+    save_last(run)
 
 
 def fit(run: Run, stop: StopSignals) -> None:
@@ -312,12 +324,12 @@ def fit(run: Run, stop: StopSignals) -> None:
         run.train_seconds += stats["seconds"]
         if not stats["finished"]:
             run.step_in_epoch = stats["next_step"]
-            if run.is_main:
-                save_last(run)
+            save_checkpoints(run)
             raise Interrupted(f"epoch {run.epoch + 1} step {run.step_in_epoch}")
         run.epoch, run.step_in_epoch = run.epoch + 1, 0
         end_epoch(run, stats)
         if stop.requested():
+            save_checkpoints(run)
             raise Interrupted(f"after epoch {run.epoch}")
 
 

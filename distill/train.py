@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -17,18 +18,21 @@ import torch
 from torch import Tensor, nn
 
 from distill.augment import GpuAugment, Preprocess, to_float
-from distill.distributed import all_reduce_sum
+from distill.distributed import all_reduce_sum, any_rank
 from distill.errors import UserError
 
 FINITE_CHECK_EVERY = 50  # steps between host syncs that look for a non-finite loss
+STOP_SYNC_EVERY = 10  # under torchrun, steps between the ranks' agreement on a stop request
+# Test-only hook: seconds to sleep after each step, so tests can signal a run mid-epoch. Read here only.
+TEST_STEP_SLEEP = float(os.environ.get("DISTILL_TEST_STEP_SLEEP", "0"))
 
 
 class Interrupted(Exception):
     """Raised by the loop after a stop request (SIGINT/SIGTERM) once state is consistent."""
 
 
-class NonFiniteLoss(Exception):
-    pass
+class NonFiniteLoss(UserError):
+    """A user error: the recipe diverged (learning rate, precision); the message says what to change."""
 
 
 class ModelEMA:
@@ -45,8 +49,7 @@ class ModelEMA:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema_p = [p for p in self.module.parameters()]
         torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1 - decay)
-        for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)  # BatchNorm statistics follow the live model
+        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))  # BatchNorm statistics follow the live model
 
 
 @dataclass
@@ -144,25 +147,38 @@ def train_one_epoch(loop: Loop, epoch: int, start_step: int = 0) -> dict:
     loss_sum = torch.zeros((), device=loop.device)
     correct = torch.zeros((), device=loop.device, dtype=torch.long)
     seen, step, started = 0, start_step, time.perf_counter()
-    while step < steps and not loop.stop_requested():
+    while step < steps and not stop_now(loop, step):
         idx = rank_batch(perm, step, loop)
         loss, right = train_step(loop, loop.train_x[idx], loop.train_y[idx], epoch + step / steps)
         loss_sum += loss * len(idx)
         correct += right
         seen += len(idx)
         step += 1
-        if step % FINITE_CHECK_EVERY == 0 or step == steps:
-            check_finite(loss_sum, epoch, step)
+        if step % FINITE_CHECK_EVERY == 0 and step < steps:  # the last step is checked below
+            check_finite(all_reduce_sum(loss_sum.clone()), epoch, step)
         loop.on_step(step, steps)
+        if TEST_STEP_SLEEP:
+            time.sleep(TEST_STEP_SLEEP)
     seconds = time.perf_counter() - started
     all_reduce_sum(loss_sum)  # every rank reports the global epoch figures (no-op on one process)
     all_reduce_sum(correct)
+    # Also when stopping early: the caller saves last.pt next, and must never save diverged weights.
+    check_finite(loss_sum, epoch, step)
     done = max(seen * loop.world_size, 1)
     return {"loss": loss_sum.item() / done, "accuracy": correct.item() / done, "images": seen * loop.world_size,
             "seconds": seconds, "next_step": step, "finished": step >= steps}
 
 
+def stop_now(loop: Loop, step: int) -> bool:
+    """Alone, stop at the next step. Under torchrun every rank must stop at the same step (DDP's next
+    gradient all-reduce would wait forever for a rank that stopped), so they agree every few steps."""
+    if loop.world_size == 1:
+        return loop.stop_requested()
+    return step % STOP_SYNC_EVERY == 0 and any_rank(loop.stop_requested(), loop.device)
+
+
 def check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
+    """`loss_sum` summed over ranks, so that every rank raises together."""
     if not math.isfinite(loss_sum.item()):
         raise NonFiniteLoss(
             f"the training loss became non-finite in epoch {epoch + 1} by step {step}: lower --lr, "
