@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The GPU measurements of distill in ONE device call (under ~8.5 minutes), cheapest step first.
+#
+# Preconditions, on the GPU machine, run from the repository root:
+#   - .whl/ holds the kornia wheels (/work/shared/gpu/fetch-wheels.sh). Unless kornia already imports,
+#     this script installs them itself, as the device README says:
+#       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+#       export PYTHONPATH=/tmp/site:$PWD
+#   - .data/cifar10-jpeg.tar.gz: a copy of /work/shared/data/cifar10-jpeg.tar.gz (.data/ is git-ignored).
+#   - $OUT: the folder that comes back (default ./bench/out); GIT_COMMIT=<hash> when the copy has no .git.
+# The call: carry [".whl", ".data"], command "GIT_COMMIT=<hash> bash bench/gpu.sh", timeout_s 540.
+#
+# Writes, each as soon as its step ends (a call cut short still returns what it measured), exactly
+# the 8 files a device call brings back, all directly in $OUT:
+#   steps.log          versions, nvidia-smi, every step's stderr, timings and exit codes, pipeline output
+#   01_matmul.json     bf16 8192^3 matmul TFLOP/s: the card's practical ceiling
+#   02_bench.jsonl     one `distill bench --json` report per line: resnet50 train/infer (batch 512, bf16,
+#                      channels_last), then resnet20 and resnet8x4 train/infer/distill (+ teacher_forward)
+#   03_reference.json  `distill bench --reference --json` for resnet50: ours vs DataLoader + CPU transforms
+#   04_data.json       load_dataset on the archive: cold (unpack + decode + cache write), then cached
+#   compare.json       `distill compare RUNS --json` after the full pipeline
+#   runs.tar.gz        the pipeline's small files (metrics.json, config.json, pipeline.json, TensorBoard
+#                      events, logs, the chart); no checkpoints
+#   gpu_results.json   the summary (python -m distill.bench summarize)
+# The data step warms the decode cache ($DISTILL_CACHE) that the pipeline then reads: the pipeline's time
+# is that of a second run on the same data (the cold decode is 04_data.json's first_load_seconds).
+#
+# CPU smoke: `bash bench/gpu.sh --cpu-smoke` runs the same sequence on the CPU with tiny sizes and the
+# smoke pipeline config, to prove the script end to end (uses $PYTHON, else .venv/bin/python, else python3).
+set -u
+cd "$(dirname "$0")/.."
+
+SMOKE=0
+[ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
+OUT=${OUT:-./bench/out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+LOG=$OUT/steps.log
+rm -f "$LOG" "$OUT"/01_matmul.json "$OUT"/02_bench.jsonl "$OUT"/03_reference.json "$OUT"/04_data.json \
+  "$OUT"/compare.json "$OUT"/runs.tar.gz "$OUT"/gpu_results.json  # a rerun must not append to old results
+export PYTHONUNBUFFERED=1
+
+if [ "$SMOKE" = 1 ]; then
+  PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+  DATA=${DATA:-.data/cifar10-jpeg.tar.gz}
+  [ -f "$DATA" ] || DATA=/work/shared/data/cifar10-jpeg.tar.gz  # read in place; never copied into the repo
+  CONFIG=${CONFIG:-configs/pipeline/smoke.toml}
+  BUDGET=${BUDGET:-1500}
+  DEV=(--device cpu)
+  SIZES=(--batch-size 8 --warmup 1 --steps 2)
+  REF_SIZES=("${SIZES[@]}")
+  SLOW=4  # each step's time cap is set for the GPU; a shared 2-core CPU needs a few times longer
+else
+  PY=${PYTHON:-python3}
+  DATA=${DATA:-.data/cifar10-jpeg.tar.gz}
+  CONFIG=${CONFIG:-configs/pipeline/cifar10.toml}
+  BUDGET=${BUDGET:-480}  # 8 minutes; compare, tarball and summary after the pipeline stay under 8.5 in all
+  DEV=(--device cuda)
+  SIZES=(--batch-size 512 --precision bf16 --channels-last --warmup 10 --steps 30)
+  REF_SIZES=(--batch-size 512 --warmup 5 --steps 20)  # its fp32 steps are slow: fewer of them
+  SLOW=1
+fi
+RESERVE=45  # seconds kept after the pipeline for compare, the tarball and the summary
+START=$(date +%s)
+DEADLINE=$((START + BUDGET))
+TEMPS=()  # folders this script makes, removed at the end (the decode cache alone is ~0.4 GB)
+[ -z "${RUNS:-}" ] && RUNS=$(mktemp -d /tmp/distill-runs.XXXXXX) && TEMPS+=("$RUNS")
+[ -z "${DISTILL_CACHE:-}" ] && DISTILL_CACHE=$(mktemp -d /tmp/distill-cache.XXXXXX) && TEMPS+=("$DISTILL_CACHE")
+export DISTILL_CACHE
+
+say() { echo "[gpu.sh +$(($(date +%s) - START))s] $*" | tee -a "$LOG" >&2; }
+seconds_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
+
+# step NAME MAX_SECONDS OUTFILE CMD...: CMD's stdout appended to OUTFILE, stderr to the log, under a
+# timeout of MAX_SECONDS (x SLOW) or what the budget has left (minus RESERVE), whichever is less.
+# Returns CMD's exit code: 124 when it timed out, 125 when it was skipped for want of time.
+step() {
+  local name=$1 max=$2 out=$3 t rc began
+  shift 3
+  t=$((DEADLINE - $(date +%s) - RESERVE))
+  ((t > max * SLOW)) && t=$((max * SLOW))
+  if ((t < 10)); then say "$name: SKIPPED, budget spent"; return 125; fi
+  say "$name: start, timeout ${t}s: $*"
+  began=$(date +%s.%N)
+  timeout -k 10 "$t" "$@" >>"$out" 2>>"$LOG"
+  rc=$?
+  say "$name: exit $rc after $(seconds_since "$began") s$([ $rc = 124 ] && echo ' (TIMED OUT)')"
+  return $rc
+}
+
+install_wheels() {
+  if ! "$PY" -c "import kornia" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    say "installing .whl/*.whl into /tmp/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >>"$LOG" 2>&1
+  fi
+  [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} \
+    || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+}
+
+print_env() {
+  {
+    echo "date: $(date -u +%FT%TZ)  mode: $([ $SMOKE = 1 ] && echo cpu-smoke || echo gpu)  budget: ${BUDGET}s"
+    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo "${GIT_COMMIT:-unknown}")  cpus: $(nproc)"
+    "$PY" -c "import sys, torch, torchvision; print('python', sys.version.split()[0], '| torch', torch.__version__,
+'| torchvision', torchvision.__version__, '| cuda', torch.version.cuda, '| gpu available', torch.cuda.is_available())"
+    "$PY" -c "import kornia, typer, rich; print('kornia', kornia.__version__, '| typer', typer.__version__)"
+    command -v nvidia-smi >/dev/null && nvidia-smi || echo "(no nvidia-smi)"
+  } 2>&1 | tee -a "$LOG"
+}
+
+install_wheels
+print_env
+BENCH=("$PY" -m distill bench --json "${DEV[@]}")
+# (a) the ceiling (b) our steps (c) the usual recipe (d) data decode (e) the whole pipeline, last, with the rest
+step matmul 60 "$OUT/01_matmul.json" "$PY" -m distill.bench matmul
+step bench-resnet50 100 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch resnet50 --mode train --mode infer
+for student in resnet20 resnet8x4; do
+  step "bench-$student" 80 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch "$student" \
+    --mode train --mode infer --mode distill --teacher-arch resnet50
+done
+step reference-resnet50 120 "$OUT/03_reference.json" "${BENCH[@]}" "${REF_SIZES[@]}" --arch resnet50 --reference
+step data-load 120 "$OUT/04_data.json" "$PY" -m distill.bench data "$DATA" --cache-dir "$DISTILL_CACHE"
+
+PIPELINE_TIME=()  # --pipeline-seconds/--pipeline-rc for the summary, when the pipeline ran
+if [ -f "$CONFIG" ]; then
+  pipeline_began=$(date +%s.%N)
+  step pipeline 100000 "$LOG" "$PY" -m distill pipeline --config "$CONFIG" --data "$DATA" --out "$RUNS" --quiet
+  pipeline_rc=$?
+  PIPELINE_TIME=(--pipeline-rc "$pipeline_rc" --pipeline-seconds "$(seconds_since "$pipeline_began")")
+else
+  say "pipeline: SKIPPED, $CONFIG does not exist"
+fi
+DEADLINE=$((DEADLINE + RESERVE)) RESERVE=0  # the reserve is now for the steps below
+step compare 25 "$OUT/compare.json" "$PY" -m distill compare "$RUNS" --json
+# Only the small files come back: metrics, configs, TensorBoard events, logs; never checkpoints.
+(cd "$RUNS" && find . -type f \( -name '*.json' -o -name 'events.out.tfevents.*' -o -name '*.log' -o -name '*.txt' \
+  -o -name '*.toml' -o -name '*.csv' -o -name '*.png' \) -size -4M -print0 | tar -czf "$OUT/runs.tar.gz" --null -T -) 2>>"$LOG"
+say "summarize: start"  # not through step(): it must run even when the budget is spent
+timeout -k 5 30 "$PY" -m distill.bench summarize --out "$OUT" --runs "$RUNS" "${PIPELINE_TIME[@]}" \
+  2>>"$LOG"
+say "summarize: exit $?"
+say "done; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+rm -rf "${TEMPS[@]}"

@@ -1,0 +1,548 @@
+"""Throughput benchmarks: our training step, inference, distillation and "the usual recipe".
+
+`distill bench` times the project's own code paths on synthetic data (no data set needed):
+
+- train: `distill.train.train_step` on a Loop built by `distill.run.make_loop` (method none, default
+  augmentation, EMA), exactly what `distill teach` / `distill student --no-teacher` run per batch;
+- infer: `distill.train.predict` (eval mode, autocast) under `torch.inference_mode`;
+- distill: the student's `train_step` with a randomly initialised teacher built like a loaded one
+  (`model_from_checkpoint`), plus the teacher's forward pass alone ("teacher_forward");
+- reference_train (--reference): a DataLoader over PIL images with CPU transforms, fp32, plain SGD,
+  torch's default backend flags: what most users start from. Same model, batch and device, same
+  process, so `reference_ratio` (ours / reference) compares like with like.
+
+Each figure is batch / median step time over `steps` timed steps after `warmup` untimed ones, with
+the GPU synchronized around each timed step. `python -m distill.bench` adds the helpers that
+bench/gpu.sh uses (matmul ceiling, data-load timing, and the summary of a GPU run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from distill import config as C
+from distill.errors import UserError
+
+MODES = ("train", "infer", "distill")
+PRECISIONS = ("auto", "bf16", "fp32")
+NUM_CLASSES, IMAGE_SIZE = 10, 32
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+# Per device: (warmup, steps, batch). A CPU step of a ResNet50 takes seconds, so keep it short there.
+DEFAULTS = {"cuda": (10, 30, 512), "cpu": (1, 3, 16)}
+RANDOM_TEACHER = "(randomly initialised teacher: timing only)"
+
+
+@dataclass
+class BenchOptions:
+    archs: list[str]
+    modes: list[str]
+    batch_size: int
+    device: torch.device
+    precision: str  # resolved: "bf16" or "fp32"
+    channels_last: bool
+    compile: bool
+    teacher_arch: str
+    warmup: int
+    steps: int
+    reference: bool = False
+    num_workers: int = 0
+    data: str | None = None
+
+
+def _at_least(name: str, value: int, low: int) -> int:
+    if value < low:
+        raise UserError(f"--{name} must be at least {low} (got {value})")
+    return value
+
+
+def resolve_options(archs: list[str] | None, modes: list[str] | None, batch_size: int | None, device: str,
+                    precision: str, channels_last: bool | None, compile: bool, teacher_arch: str,
+                    warmup: int | None, steps: int | None, reference: bool = False,
+                    num_workers: int | None = None, data: str | None = None) -> BenchOptions:
+    """Check every value before anything runs (a typo in the last --arch must not cost minutes),
+    then fill the device-dependent defaults."""
+    from distill.models import family_of
+    from distill.run import resolve_device
+
+    archs, modes = list(archs or ["resnet50"]), list(dict.fromkeys(modes or ["train"]))
+    for arch in [*archs, teacher_arch]:
+        family_of(arch)  # raises UserError listing the valid archs
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise UserError(f"unknown mode '{bad[0]}': choose one of {', '.join(MODES)} (repeat --mode for several)")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    default_warmup, default_steps, default_batch = DEFAULTS[dev.type]
+    return BenchOptions(
+        archs=archs, modes=modes, device=dev,
+        batch_size=_at_least("batch-size", default_batch if batch_size is None else batch_size, 1),
+        precision="bf16" if precision == "bf16" or (precision == "auto" and cuda) else "fp32",
+        channels_last=cuda if channels_last is None else channels_last, compile=compile,
+        teacher_arch=teacher_arch, warmup=_at_least("warmup", default_warmup if warmup is None else warmup, 0),
+        steps=_at_least("steps", default_steps if steps is None else steps, 1), reference=reference,
+        num_workers=_at_least("num-workers", min(8, os.cpu_count() or 1) if num_workers is None else num_workers, 0),
+        data=data)
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_step_seconds(step: Callable[[int], object], device: torch.device, warmup: int, steps: int) -> float:
+    """Median wall time of step(i) over `steps` calls after `warmup` untimed calls."""
+    for i in range(warmup):
+        step(i)
+    times = []
+    for i in range(steps):
+        sync(device)  # nothing queued before the step may count toward it
+        start = time.perf_counter()
+        step(warmup + i)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def free_memory() -> None:
+    """Drop the last benchmark's models and caches before the next one allocates."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def device_label(device: torch.device) -> str:
+    from distill.run import device_name
+
+    return device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
+# ------------------------------------------------------------------------- our code paths, timed
+
+
+def synthetic_images(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random uint8 CIFAR-shaped images and labels 0..9 (CPU tensors; seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=gen)
+    return x, torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+
+
+def run_config(opts: BenchOptions, arch: str, distill: bool) -> C.TrainConfig:
+    """The config `distill teach` / `distill student` would build for these settings."""
+    from distill.models import family_of
+
+    common = dict(arch=arch, batch_size=opts.batch_size, precision=opts.precision, channels_last=opts.channels_last,
+                  compile=opts.compile, device=str(opts.device), epochs=1, val_size=0)
+    if distill:  # make_loop only checks that a teacher is named; the model itself is attached below
+        cfg = C.StudentConfig(**common, teacher=RANDOM_TEACHER, method="kd")
+    elif family_of(arch) == "teacher":
+        cfg = C.TeachConfig(**common)
+    else:
+        cfg = C.StudentConfig(**common, method="none")
+    cfg.validate()
+    return cfg
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def random_teacher(opts: BenchOptions, stats: tuple[list[float], list[float]]):
+    """A teacher built the way `load_teacher` builds one (eval, frozen, channels_last), random weights."""
+    from distill.evaluation import model_from_checkpoint
+    from distill.models import build_model, make_spec
+    from distill.train import TeacherModel
+
+    spec = make_spec(opts.teacher_arch, NUM_CLASSES, IMAGE_SIZE)
+    ck = {"spec": spec, "model": build_model(spec).state_dict(), "normalization": {"mean": stats[0], "std": stats[1]}}
+    return TeacherModel(*model_from_checkpoint(ck, RANDOM_TEACHER, opts.device, opts.channels_last))
+
+
+def bench_loop(opts: BenchOptions, arch: str, distill: bool):
+    """A Loop over one batch of synthetic data, set up like `distill.run.build_run` sets up a run."""
+    from distill.data import Splits, channel_stats
+    from distill.models import build_model, make_spec
+    from distill.run import configure_backends, make_loop
+
+    cfg = run_config(opts, arch, distill)
+    configure_backends(cfg, opts.device)
+    torch.manual_seed(0)
+    x, y = synthetic_images(opts.batch_size)
+    splits = Splits(x, y, x[:0], y[:0], x[:0], y[:0], [str(c) for c in range(NUM_CLASSES)])
+    stats = channel_stats(x)
+    spec = make_spec(arch, NUM_CLASSES, IMAGE_SIZE)
+    model = build_model(spec).to(opts.device, memory_format=memory_format(opts.channels_last))
+    loop = make_loop(cfg, model, spec, "none", splits, opts.device, opts.channels_last, stats)
+    if distill:
+        loop.teacher = random_teacher(opts, stats)
+    if opts.compile:  # after make_loop, as in build_run: the EMA copies the uncompiled model
+        loop.model = torch.compile(loop.model)
+    return loop
+
+
+def time_train_steps(opts: BenchOptions, loop) -> float:
+    """Median seconds of the project's train_step, batch gathered from device memory as in training."""
+    from distill.train import train_step
+
+    idx = torch.randperm(len(loop.train_x), device=loop.device)[:loop.batch_size]
+    total = opts.warmup + opts.steps
+    loop.model.train()
+    return median_step_seconds(lambda i: train_step(loop, loop.train_x[idx], loop.train_y[idx], i / total),
+                               opts.device, opts.warmup, opts.steps)
+
+
+def time_forward(opts: BenchOptions, model: nn.Module, preprocess: nn.Module, amp: torch.dtype | None) -> float:
+    """Median seconds of one eval forward pass (`predict`) of a batch, under inference_mode."""
+    from distill.train import predict
+
+    x = synthetic_images(opts.batch_size)[0].to(opts.device)
+
+    def step(_: int) -> Tensor:
+        with torch.inference_mode():
+            return predict(model, preprocess, x, opts.batch_size, False, amp, opts.channels_last)
+
+    return median_step_seconds(step, opts.device, opts.warmup, opts.steps)
+
+
+def result_row(opts: BenchOptions, arch: str, mode: str, seconds: float, model: nn.Module, **extra) -> dict:
+    from distill.modelinfo import count_params
+    from distill.train import unwrap
+
+    row = {"arch": arch, "mode": mode, "batch_size": opts.batch_size, "precision": opts.precision,
+           "channels_last": opts.channels_last, "compile": opts.compile,
+           "images_per_second": opts.batch_size / seconds, "step_ms": seconds * 1e3,
+           "params": count_params(unwrap(model)), "warmup": opts.warmup, "steps": opts.steps}
+    return {**row, **extra}
+
+
+def bench_train(opts: BenchOptions, arch: str) -> list[dict]:
+    loop = bench_loop(opts, arch, distill=False)
+    return [result_row(opts, arch, "train", time_train_steps(opts, loop), loop.model)]
+
+
+def bench_infer(opts: BenchOptions, arch: str) -> list[dict]:
+    loop = bench_loop(opts, arch, distill=False)  # the same model, preprocessing and autocast as training
+    seconds = time_forward(opts, loop.model, loop.preprocess, loop.amp_dtype)
+    return [result_row(opts, arch, "infer", seconds, loop.model)]
+
+
+def bench_distill(opts: BenchOptions, arch: str, with_teacher_forward: bool) -> list[dict]:
+    loop = bench_loop(opts, arch, distill=True)
+    teacher = {"teacher_arch": opts.teacher_arch}
+    rows = [result_row(opts, arch, "distill", time_train_steps(opts, loop), loop.model, **teacher)]
+    if with_teacher_forward:  # what the teacher alone costs of each distillation step
+        seconds = time_forward(opts, loop.teacher.model, loop.teacher.preprocess, loop.amp_dtype)
+        rows.append(result_row(opts, opts.teacher_arch, "teacher_forward", seconds, loop.teacher.model,
+                               compile=False, **teacher))
+    return rows
+
+
+# ----------------------------------------------------------------------------- the usual recipe
+
+
+class PILImages(torch.utils.data.Dataset):
+    """An in-memory list of PIL images with labels, transformed per item like torchvision's CIFAR10."""
+
+    def __init__(self, images: list, labels: list[int], transform: Callable):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def reference_images(opts: BenchOptions, count: int) -> tuple[list, list[int]]:
+    """`count` PIL images: synthetic, or the first training images of --data (repeated if fewer)."""
+    from PIL import Image
+
+    if opts.data:
+        from distill.data import load_dataset
+
+        ds = load_dataset(opts.data, IMAGE_SIZE)
+        reps = -(-count // len(ds.train_x))
+        x, y = ds.train_x.repeat(reps, 1, 1, 1)[:count], ds.train_y.repeat(reps)[:count]
+    else:
+        x, y = synthetic_images(count)
+    return [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).numpy()], y.tolist()
+
+
+def reference_loader(opts: BenchOptions) -> torch.utils.data.DataLoader:
+    import torchvision.transforms as T
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    images, labels = reference_images(opts, (opts.warmup + opts.steps) * opts.batch_size)
+    return torch.utils.data.DataLoader(PILImages(images, labels, transform), batch_size=opts.batch_size,
+                                       shuffle=True, drop_last=True, num_workers=opts.num_workers,
+                                       pin_memory=opts.device.type == "cuda")
+
+
+@contextlib.contextmanager
+def torch_default_backends() -> Iterator[None]:
+    """The backend flags a fresh process has: our runs turn on cudnn.benchmark and TF32 (process-wide),
+    the usual recipe does not."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = False, False
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved
+
+
+def bench_reference(opts: BenchOptions, arch: str) -> dict:
+    """The usual recipe: DataLoader + CPU transforms, fp32, contiguous, plain SGD + CrossEntropyLoss."""
+    from distill.models import build_model, make_spec
+
+    torch.manual_seed(0)
+    with torch_default_backends():
+        model = build_model(make_spec(arch, NUM_CLASSES, IMAGE_SIZE)).to(opts.device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        criterion = nn.CrossEntropyLoss()
+        batches = iter(reference_loader(opts))
+
+        def step(_: int) -> None:
+            x, y = next(batches)
+            x, y = x.to(opts.device, non_blocking=True), y.to(opts.device, non_blocking=True)
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        seconds = median_step_seconds(step, opts.device, opts.warmup, opts.steps)
+        del batches  # stops the loader's worker processes now
+    return result_row(opts, arch, "reference_train", seconds, model, precision="fp32", channels_last=False,
+                      compile=False, num_workers=opts.num_workers, data=opts.data or "synthetic")
+
+
+# ----------------------------------------------------------------------------------- the report
+
+
+def run_bench(opts: BenchOptions) -> dict:
+    """Every (arch, mode) pair, then the reference per arch; one JSON-ready report."""
+    modes = opts.modes + (["train"] if opts.reference and "train" not in opts.modes else [])
+    rows: list[dict] = []
+    for arch in opts.archs:
+        for mode in modes:
+            if mode == "distill":
+                first = not any(r["mode"] == "teacher_forward" for r in rows)
+                rows += bench_distill(opts, arch, with_teacher_forward=first)
+            else:
+                rows += (bench_train if mode == "train" else bench_infer)(opts, arch)
+            free_memory()
+        if opts.reference:
+            rows.append(with_ratio(bench_reference(opts, arch), rows))
+            free_memory()
+    report = {"device": device_label(opts.device), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "results": rows}
+    refs = [r for r in rows if r["mode"] == "reference_train"]
+    if refs:  # of the first --arch; every reference row carries its own ratio
+        report["reference_ratio"] = refs[0]["ratio"]
+    return report
+
+
+def with_ratio(ref: dict, rows: list[dict]) -> dict:
+    ours = next(r for r in rows if r["arch"] == ref["arch"] and r["mode"] == "train")
+    return {**ref, "ratio": ours["images_per_second"] / ref["images_per_second"]}
+
+
+def print_bench(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"distill bench on {report['device']} (torch {report['torch']}): median step time")
+    for col in ("arch", "mode", "batch", "setup", "images/s", "ms/step", "params (M)"):
+        table.add_column(col, justify="left" if col in ("arch", "mode", "setup") else "right")
+    for r in report["results"]:
+        setup = " ".join([r["precision"]] + ["channels_last"] * r["channels_last"] + ["compile"] * r["compile"])
+        table.add_row(r["arch"], r["mode"], str(r["batch_size"]), setup, f"{r['images_per_second']:,.0f}",
+                      f"{r['step_ms']:.2f}", f"{r['params'] / 1e6:.2f}")
+    console = Console()
+    console.print(table)
+    for r in report["results"]:
+        if "ratio" in r:
+            console.print(f"{r['arch']}: our training step is {r['ratio']:.2f}x the usual recipe "
+                          f"(DataLoader, {r['num_workers']} workers, fp32)")
+
+
+# ------------------------------------------------------------------ helpers for bench/gpu.sh
+
+
+def matmul_tflops(n: int = 8192, dtype: torch.dtype = torch.bfloat16, device: torch.device | None = None,
+                  reps: int = 20) -> float | None:
+    """Achieved TFLOP/s of an n x n matmul: the card's practical ceiling to set the models against.
+    None on the CPU, where it would take long and say little."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty_like(a)
+    for _ in range(3):  # cuBLAS picks its kernel and sets up its workspace on the first calls
+        torch.matmul(a, b, out=out)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b, out=out)
+    sync(device)
+    seconds = (time.perf_counter() - start) / reps
+    return 2 * n**3 / seconds / 1e12
+
+
+def time_data_load(path: str, cache_dir: Path) -> dict:
+    """Seconds of `load_dataset` from an empty cache (unpack + decode + cache write), then cached."""
+    from distill.data import load_dataset
+
+    if cache_dir.exists() and any(cache_dir.iterdir()):
+        raise UserError(f"{cache_dir} is not empty: give a new --cache-dir so the first load really is cold")
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        ds = load_dataset(path, IMAGE_SIZE, cache_dir)
+        times.append(time.perf_counter() - start)
+    return {"data": str(path), "source": ds.source, "first_load_seconds": times[0], "cached_load_seconds": times[1],
+            "train_images": len(ds.train_x), "test_images": len(ds.test_x), "cpu_count": os.cpu_count()}
+
+
+def read_json(path: Path) -> dict | list | None:
+    """A JSON file, or None when it is missing or cut short (a step that timed out)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout, else $GIT_COMMIT (the GPU machine gets a copy of the tree without .git)."""
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    return os.environ.get("GIT_COMMIT") or None
+
+
+def run_stages(runs: Path, pipeline: dict | None) -> dict[str, dict]:
+    """Each run's metrics.json under the pipeline folder, keyed by its folder relative to it, with the
+    stage's wall time from pipeline.json (stage name = folder name)."""
+    stage_seconds = {s.get("name"): s.get("wall_seconds") for s in (pipeline or {}).get("stages", [])}
+    stages = {}
+    for path in sorted(runs.rglob("metrics.json")) if runs.is_dir() else []:
+        m = read_json(path) or {}
+        stages[path.parent.relative_to(runs).as_posix()] = {
+            "arch": m.get("arch"), "role": m.get("role"), "method": m.get("method"),
+            "test_accuracy": m.get("test_accuracy"), "epochs": m.get("epochs"),
+            "images_per_second": m.get("train_images_per_second"), "wall_seconds": m.get("wall_seconds"),
+            "stage_wall_seconds": stage_seconds.get(path.parent.name)}
+    return stages
+
+
+def bench_figures(rows: list[dict]) -> dict:
+    """The headline throughputs out of every `distill bench` row of the run."""
+    from distill.models import family_of
+
+    def ips(mode: str, teacher: bool) -> dict[str, float]:
+        return {r["arch"]: r["images_per_second"] for r in rows
+                if r["mode"] == mode and (family_of(r["arch"]) == "teacher") == teacher}
+
+    first = lambda d: next(iter(d.values()), None)  # noqa: E731
+    forward = {r["arch"]: r["images_per_second"] for r in rows if r["mode"] == "teacher_forward"}
+    return {"teacher_train_images_per_second": first(ips("train", True)),
+            "teacher_infer_images_per_second": first(ips("infer", True)),
+            "student_train_images_per_second": ips("train", False),
+            "student_infer_images_per_second": ips("infer", False),
+            "distill_images_per_second": ips("distill", False),
+            "teacher_forward_images_per_second": first(forward)}
+
+
+def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipeline_rc: int | None = None) -> dict:
+    """gpu_results.json from what bench/gpu.sh left in `out` and the pipeline's folder `runs`;
+    a missing input gives nulls (and a name in "missing"), never an error."""
+    inputs = {"matmul": out / "01_matmul.json", "bench": out / "02_bench.jsonl", "reference": out / "03_reference.json",
+              "data": out / "04_data.json", "pipeline": runs / "pipeline.json", "compare": out / "compare.json"}
+    reports = read_json_lines(inputs["bench"])
+    ref_report = read_json(inputs["reference"]) or {}
+    rows = [r for rep in reports + [ref_report] for r in rep.get("results", [])]
+    refs = [r for r in rows if r["mode"] == "reference_train"]
+    pipeline = read_json(inputs["pipeline"])
+    stages = run_stages(runs, pipeline)
+    first = (reports + [ref_report])[0]
+    missing = [name for name, path in inputs.items() if not path.is_file() or path.stat().st_size == 0]
+    return {
+        "device": first.get("device"), "torch": first.get("torch"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
+        "matmul_tflops": (read_json(inputs["matmul"]) or {}).get("tflops"),
+        **bench_figures([r for r in rows if r["mode"] != "reference_train"]),
+        "reference_images_per_second": refs[0]["images_per_second"] if refs else None,
+        "reference_ratio": ref_report.get("reference_ratio"),
+        # pipeline.json's own total (written after each stage, so also after a cut-short run), else the command's
+        "pipeline_wall_seconds": (pipeline or {}).get("total_seconds", pipeline_seconds),
+        "pipeline_finished": (pipeline or {}).get("finished"),
+        "pipeline_command_seconds": pipeline_seconds, "pipeline_exit_code": pipeline_rc,
+        "test_accuracy": {name: s["test_accuracy"] for name, s in stages.items() if s["test_accuracy"] is not None},
+        "stages": stages, "pipeline": pipeline, "data_load": read_json(inputs["data"]),
+        "bench_rows": rows, "missing": missing,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m distill.bench {matmul, data, summarize}: the steps of bench/gpu.sh that are not CLI commands."""
+    ap = argparse.ArgumentParser(prog="python -m distill.bench", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    mm = sub.add_parser("matmul", help="bf16 matmul TFLOP/s (null on the CPU), as JSON")
+    mm.add_argument("--n", type=int, default=8192)
+    data = sub.add_parser("data", help="time load_dataset cold and cached, as JSON")
+    data.add_argument("path")
+    data.add_argument("--cache-dir", type=Path, required=True)
+    summ = sub.add_parser("summarize", help="write gpu_results.json from a gpu.sh output folder")
+    summ.add_argument("--out", type=Path, required=True, help="gpu.sh's output folder (read, and written to)")
+    summ.add_argument("--runs", type=Path, required=True, help="the pipeline's --out folder")
+    summ.add_argument("--pipeline-seconds", type=float, default=None)
+    summ.add_argument("--pipeline-rc", type=int, default=None)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "matmul":
+            result = {"n": args.n, "dtype": "bfloat16", "tflops": matmul_tflops(args.n)}
+        elif args.cmd == "data":
+            result = time_data_load(args.path, args.cache_dir)
+        else:
+            result = summarize(args.out, args.runs, args.pipeline_seconds, args.pipeline_rc)
+            (args.out / "gpu_results.json").write_text(json.dumps(result, indent=2))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    shown = {k: v for k, v in result.items() if k != "bench_rows"}  # the rows are in the file; keep stdout short
+    print(json.dumps(shown, indent=2) if args.cmd == "summarize" else json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""`distill bench` and the helpers of bench/gpu.sh, on the CPU with tiny models and batches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill import bench
+from distill.errors import UserError
+
+TINY = ("--device", "cpu", "--arch", "resnet8", "--batch-size", "4", "--warmup", "0", "--steps", "1")
+ROW_KEYS = {"arch", "mode", "batch_size", "precision", "channels_last", "compile", "images_per_second", "step_ms",
+            "params"}
+SUMMARY_KEYS = {"device", "torch", "date", "commit", "matmul_tflops", "teacher_train_images_per_second",
+                "reference_images_per_second", "reference_ratio", "distill_images_per_second",
+                "teacher_forward_images_per_second", "pipeline_wall_seconds", "test_accuracy", "stages"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_json(cli, *args: str) -> dict:
+    result = cli("bench", *TINY, "--json", *args)
+    assert result.code == 0, result.err
+    return json.loads(result.out)  # one JSON object and nothing else on stdout
+
+
+def test_json_has_every_mode_with_positive_throughput(cli):
+    report = bench_json(cli, "--mode", "train", "--mode", "infer", "--mode", "distill", "--teacher-arch", "resnet18")
+    assert {"device", "torch", "results"} <= report.keys() and "reference_ratio" not in report
+    rows = {r["mode"]: r for r in report["results"]}
+    assert set(rows) == {"train", "infer", "distill", "teacher_forward"}
+    for row in rows.values():
+        assert ROW_KEYS <= row.keys() and row["images_per_second"] > 0 and row["params"] > 0
+        assert row["batch_size"] == 4 and row["precision"] == "fp32" and row["channels_last"] is False
+    assert rows["distill"]["arch"] == "resnet8" and rows["distill"]["teacher_arch"] == "resnet18"
+    assert rows["teacher_forward"]["arch"] == "resnet18" and rows["teacher_forward"]["params"] > rows["train"]["params"]
+
+
+def test_reference_reports_a_ratio_from_the_same_run(cli, tiny_data):
+    report = bench_json(cli, "--reference", "--num-workers", "1", "--data", str(tiny_data))
+    rows = {r["mode"]: r for r in report["results"]}
+    assert set(rows) == {"train", "reference_train"}  # our step is timed too, for the ratio
+    ref = rows["reference_train"]
+    assert ref["precision"] == "fp32" and ref["channels_last"] is False and ref["num_workers"] == 1
+    assert report["reference_ratio"] == pytest.approx(rows["train"]["images_per_second"] / ref["images_per_second"])
+    assert report["reference_ratio"] > 0
+
+
+def test_table_output(cli):
+    result = cli("bench", *TINY, "--mode", "infer")
+    assert result.code == 0, result.err
+    assert "resnet8" in result.out and "infer" in result.out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--arch", "resnet9"), "resnet20"),  # the message lists the valid archs
+    (("--teacher-arch", "vgg"), "resnet50"),
+    (("--mode", "eval"), "train, infer, distill"),
+    (("--precision", "fp16"), "bf16, fp32"),
+    (("--batch-size", "0"), "at least 1"),
+    (("--steps", "0"), "at least 1"),
+    (("--warmup", "-1"), "at least 0"),
+    (("--device", "tpu"), "cpu"),
+])
+def test_bad_values_exit_2_with_one_line(cli, args, needle):
+    result = cli("bench", "--device", "cpu", *args)
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1 and needle in result.err
+
+
+def test_matmul_ceiling_is_skipped_on_the_cpu():
+    assert bench.matmul_tflops(256, torch.bfloat16, torch.device("cpu")) is None
+
+
+def test_data_load_timing(tiny_data, tmp_path):
+    timing = bench.time_data_load(str(tiny_data), tmp_path / "fresh-cache")
+    assert timing["train_images"] == 48 and timing["first_load_seconds"] > 0 and timing["cached_load_seconds"] > 0
+    with pytest.raises(UserError, match="not empty"):  # a second call would not be cold
+        bench.time_data_load(str(tiny_data), tmp_path / "fresh-cache")
+
+
+def bench_report(rows: list[dict]) -> str:
+    return json.dumps({"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "results": rows})
+
+
+def row(arch: str, mode: str, ips: float, **extra) -> dict:
+    return {"arch": arch, "mode": mode, "batch_size": 512, "precision": "bf16", "channels_last": True,
+            "compile": False, "images_per_second": ips, "step_ms": 512e3 / ips, "params": 1, **extra}
+
+
+def write_gpu_out(out: Path, runs: Path) -> None:
+    """What bench/gpu.sh leaves behind, with made-up numbers."""
+    out.mkdir()
+    (out / "01_matmul.json").write_text(json.dumps({"n": 8192, "dtype": "bfloat16", "tflops": 650.0}))
+    lines = [bench_report([row("resnet50", "train", 9000.0), row("resnet50", "infer", 30000.0)]),
+             bench_report([row("resnet20", "train", 60000.0), row("resnet20", "distill", 20000.0),
+                           row("resnet50", "teacher_forward", 28000.0)])]
+    (out / "02_bench.jsonl").write_text("\n".join(lines) + "\n")
+    ref = json.loads(bench_report([row("resnet50", "train", 9000.0),
+                                   row("resnet50", "reference_train", 3000.0, ratio=3.0)]))
+    (out / "03_reference.json").write_text(json.dumps({**ref, "reference_ratio": 3.0}))
+    (out / "04_data.json").write_text(json.dumps({"first_load_seconds": 9.5, "cached_load_seconds": 0.4}))
+    for name, acc, epochs in (("teacher-resnet50", 0.95, 30), ("student-resnet20-kd", 0.92, 40)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.json").write_text(json.dumps(
+            {"arch": name.split("-")[1], "test_accuracy": acc, "epochs": epochs, "train_images_per_second": 1e4,
+             "wall_seconds": 100.0}))
+    (runs / "pipeline.json").write_text(json.dumps(
+        {"finished": True, "total_seconds": 210.0, "stages": [{"name": "teacher-resnet50", "wall_seconds": 120.0}]}))
+
+
+def test_summarize_writes_every_required_key(tmp_path, monkeypatch, capsys):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    write_gpu_out(out, runs)
+    monkeypatch.chdir(tmp_path)  # no git checkout here: the commit comes from GIT_COMMIT
+    monkeypatch.setenv("GIT_COMMIT", "abc123")
+    bench.main(["summarize", "--out", str(out), "--runs", str(runs), "--pipeline-seconds", "215", "--pipeline-rc", "0"])
+    summary = json.loads((out / "gpu_results.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys() and "bench_rows" not in json.loads(capsys.readouterr().out)
+    assert summary["commit"] == "abc123" and summary["matmul_tflops"] == 650.0
+    assert summary["teacher_train_images_per_second"] == 9000.0 and summary["reference_images_per_second"] == 3000.0
+    assert summary["reference_ratio"] == 3.0 and summary["distill_images_per_second"] == {"resnet20": 20000.0}
+    assert summary["teacher_forward_images_per_second"] == 28000.0 and summary["pipeline_wall_seconds"] == 210.0
+    assert summary["test_accuracy"] == {"teacher-resnet50": 0.95, "student-resnet20-kd": 0.92}
+    teacher = summary["stages"]["teacher-resnet50"]
+    assert teacher["epochs"] == 30 and teacher["images_per_second"] == 1e4 and teacher["stage_wall_seconds"] == 120.0
+    assert summary["missing"] == ["compare"]
+
+
+def test_summarize_tolerates_a_run_cut_short(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "01_matmul.json").write_text('{"tflops": 1')  # killed mid-write
+    summary = bench.summarize(out, tmp_path / "no-runs", pipeline_seconds=300.0, pipeline_rc=124)
+    assert SUMMARY_KEYS <= summary.keys() and summary["matmul_tflops"] is None and summary["test_accuracy"] == {}
+    assert summary["pipeline_wall_seconds"] == 300.0 and summary["pipeline_exit_code"] == 124
+    assert set(summary["missing"]) >= {"bench", "reference", "pipeline"}
+
+
+def test_gpu_script_parses():
+    subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu.sh")], check=True)
