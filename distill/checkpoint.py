@@ -6,10 +6,14 @@ weights_only=True)` reads it and nothing in it can run code.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -17,6 +21,7 @@ from distill.errors import UserError
 
 FORMAT = "distill-checkpoint"
 VERSION = 1
+TEMP_SUFFIX = ".tmp"  # write_atomic's temporary files: .<name>.<random>.tmp beside the target
 
 
 def fsync_dir(folder: Path) -> None:
@@ -31,29 +36,51 @@ def fsync_dir(folder: Path) -> None:
 
 
 def save_atomic(obj: object, path: Path) -> None:
+    """torch.save `obj` to `path` atomically (see write_atomic)."""
+
+    def write(fh: BinaryIO) -> None:
+        try:
+            torch.save(obj, fh)
+        except RuntimeError:  # torch's zip writer turns a failed write (a full disk) into this
+            raise OSError(errno.EIO, "the write failed; is the disk full?") from None
+
+    write_atomic(path, write)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    write_atomic(path, lambda fh: fh.write(text.encode()))
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it.
 
-    A crash at any moment leaves either the old complete file or the new one, never a torn file.
+    A crash at any moment leaves either the old complete file or the new one, never a torn file; a
+    failure (disk full, unwritable folder) is one UserError and leaves no temporary file behind.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary shareable file
         os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(
-            f"could not write {path} ({exc.strerror or exc}): free disk space or choose another --out; "
-            f"the previous checkpoint is untouched"
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"could not write {path} ({exc.strerror or exc}): free disk space or choose another "
+                            f"--out; the previous {path.name}, if any, is untouched") from None
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete the temporary files of writes that were killed before their rename (never a complete file)."""
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
 
 
 def read_torch_file(path: Path) -> object:
@@ -64,16 +91,21 @@ def read_torch_file(path: Path) -> object:
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (an interrupted copy?): use another file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's advice on odd pickles would add lines to our one
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        # The safe unpickler names what it refused; "Unsupported operand" means bytes that are no pickle.
+        if "Weights only load failed" in text and "Unsupported operand" not in text:
+            found = re.search(r"GLOBAL (\S+) was not", text)
+            what = f" ({found.group(1)})" if found else ""
             raise UserError(
-                f"refused to load {path}: it holds pickled Python objects, not only tensors, and loading it "
+                f"refused to load {path}: it holds pickled Python objects{what}, not only tensors, and loading it "
                 f"could run code; use a checkpoint written by distill or a plain state_dict"
             ) from None
         raise UserError(f"{path} is not a PyTorch checkpoint (unreadable pickle): use another file") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # a torn zip or random bytes fail in many ways (even KeyError); all mean one thing
         raise UserError(
             f"{path} is truncated or corrupt ({first_line(exc)}): use another copy, e.g. best.pt or last.pt"
         ) from None

@@ -33,9 +33,72 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     if not dist.is_initialized():
         return model
     if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_bn(model, device)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
+    """Global-batch BatchNorm: torch's SyncBatchNorm on GPUs, GlooSyncBatchNorm for CPU processes."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            # Same parameters and buffers, new forward: the optimizer and the EMA keep their references.
+            module.__class__ = GlooSyncBatchNorm
+    return model
+
+
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover every process's shard, for CPU (gloo) processes.
+
+    nn.SyncBatchNorm refuses CPU tensors. This computes the global mean and biased variance with
+    differentiable all-reduces (two passes, for the same accuracy as one big batch), so gradients
+    also flow across ranks exactly as through a single process's BatchNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        dims, shape = (0, 2, 3), (1, -1, 1, 1)
+        count = all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype))
+        mean = AllReduceSum.apply(x.sum(dims)) / count
+        var = AllReduceSum.apply((x - mean.view(shape)).square().sum(dims)) / count
+        if self.track_running_stats:
+            self._update_running(mean.detach(), var.detach(), count)
+        y = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+        self.num_batches_tracked += 1
+        m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        unbiased = var * count / (count - 1).clamp(min=1)  # what BatchNorm keeps as running_var
+        self.running_mean.mul_(1 - m).add_(mean * m)
+        self.running_var.mul_(1 - m).add_(unbiased * m)
+
+
+class AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is again the sum over ranks: every rank's loss reaches every input.
+    (torch.distributed.nn.functional.all_reduce does the same but is deprecated.)"""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(t.clone())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(grad.clone())
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every process as soon as `flag` is True on one of them (just `flag` on a single process).
+
+    Used where ranks must take the same branch, e.g. stopping: a rank that stopped alone would leave
+    the others waiting forever in their next all-reduce."""
+    if not dist.is_initialized():
+        return flag
+    return all_reduce_sum(torch.tensor(float(flag), device=device)).item() > 0
 
 
 def barrier() -> None:

@@ -71,21 +71,30 @@ def prepare_out(cfg: C.TrainConfig) -> Path:
         raise UserError(f"nothing to resume in {out} (no last.pt): drop --resume to start a new run")
     if has_run and not (cfg.resume or cfg.force):
         raise UserError(f"{out} already holds a run: add --resume to continue it or --force to start over")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {out} ({exc.strerror or exc}): choose another --out") from None
+    ckpt_io.remove_stale_temps(out)  # left by a run killed mid-save; last.pt itself is always complete
     if cfg.force and not cfg.resume:
         for old in out.glob("events.out.tfevents.*"):
             old.unlink()  # the user asked to start over: old curves would interleave with the new ones
     return out
 
 
-def check_resume(saved: dict, cfg: C.TrainConfig, classes: list[str], path: Path) -> None:
-    now = C.to_dict(cfg)
+def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str], path: Path) -> None:
+    """Refuse, in one line listing every difference, to continue a run with settings it cannot take."""
+    saved, now = ck["config"], C.to_dict(cfg)
     diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in MUST_MATCH if k in now and saved.get(k) != now.get(k)]
+    if ck["classes"] != classes:  # same --data path, different contents: the head no longer fits
+        diffs.append(f"classes: {classes_text(ck['classes'])} -> {classes_text(classes)}")
     if diffs:
         raise UserError(f"cannot resume {path} with changed settings ({'; '.join(diffs)}): "
                         f"restore them, or start a new run with --force or another --out")
-    if saved.get("_classes") not in (None, classes):
-        raise UserError(f"cannot resume {path}: the data's classes changed; use the original data")
+
+
+def classes_text(classes: list[str]) -> str:
+    return f"{len(classes)} [{', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''}]"
 
 
 def param_groups(model: nn.Module, cfg: C.TrainConfig, fresh: set[str]) -> list[dict]:
@@ -173,14 +182,19 @@ def build_run(cfg: C.TrainConfig) -> Run:
     ds = load_dataset(cfg.data, cfg.image_size, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.download)
     splits = make_splits(ds, cfg.val_size, cfg.limit_train, cfg.limit_test, cfg.seed)
     if saved is not None:
-        check_resume(saved["config"], cfg, splits.classes, out)
+        check_resume(saved, cfg, splits.classes, out)
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must split evenly over the "
+                        f"{world} processes: use a multiple of {world}")
     mean, std = (saved["normalization"]["mean"], saved["normalization"]["std"]) if saved else channel_stats(splits.train_x)
     spec = make_spec(cfg.arch, len(splits.classes), cfg.resize or cfg.image_size, getattr(cfg, "stem", "cifar"))
     weights = getattr(cfg, "weights", "none")
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    torch.manual_seed(cfg.seed)  # initial weights depend on --seed alone, not on what ran before in the process
     model = build_model(spec, "none" if saved else weights)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    loop = make_loop(cfg, model, spec, weights if not saved else "none", splits, device, channels_last, (mean, std))
+    # The configured weights even on resume: they shape the parameter groups the saved optimizer has.
+    loop = make_loop(cfg, model, spec, weights, splits, device, channels_last, (mean, std))
     loop.rank, loop.world_size = rank, world
     run = Run(cfg, out, device, splits, spec, {"mean": mean, "std": std}, loop,
               RunLogger(out, out.name, cfg.epochs, cfg.quiet, saved["epoch"] + 1 if saved else None, enabled=rank == 0),
@@ -261,12 +275,26 @@ def restore(run: Run, ck: dict) -> None:
     if loop.ema is not None and ck.get("ema") is not None:
         loop.ema.module.load_state_dict(ck["ema"])
         loop.ema.updates = ck.get("ema_updates", 0)
-    loop.optimizer.load_state_dict(ck["optimizer"])
-    loop.scheduler.load_state_dict(ck["scheduler"])
+    restore_optimizer(loop, ck)
     set_rng_state(ck["rng"])
     run.epoch, run.step_in_epoch, run.best_val = ck["epoch"], ck["step_in_epoch"], ck["best_val"]
     run.eval_weights = ck["eval_weights"]
     run.wall_seconds, run.train_images, run.train_seconds = ck["wall_seconds"], ck["train_images"], ck["train_seconds"]
+
+
+def restore_optimizer(loop: Loop, ck: dict) -> None:
+    """Momentum buffers and the step count from the checkpoint; learning rate, momentum and weight decay
+    from this run's settings, with the schedule re-evaluated for this run's total steps. Unchanged
+    settings give the saved numbers exactly; more --epochs continue on the longer cosine at once
+    (load_state_dict alone would keep the old settings and the old schedule's rate for one step)."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in loop.optimizer.param_groups]
+    loop.optimizer.load_state_dict(ck["optimizer"])
+    for group, fresh in zip(loop.optimizer.param_groups, settings):
+        group.update(fresh)
+    sched = loop.scheduler
+    sched.load_state_dict({**ck["scheduler"], "base_lrs": sched.base_lrs})
+    for group, base, factor in zip(loop.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * factor(sched.last_epoch)  # LambdaLR's own formula (get_lr warns outside step)
 
 
 def validate(run: Run) -> tuple[float, str]:
@@ -328,7 +356,7 @@ def fit(run: Run, stop: StopSignals) -> None:
             raise Interrupted(f"epoch {run.epoch + 1} step {run.step_in_epoch}")
         run.epoch, run.step_in_epoch = run.epoch + 1, 0
         end_epoch(run, stats)
-        if stop.requested():
+        if dist_util.any_rank(stop.requested(), run.device):  # under torchrun all ranks stop here, or none
             save_checkpoints(run)
             raise Interrupted(f"after epoch {run.epoch}")
 
@@ -364,8 +392,7 @@ def device_name(device: torch.device) -> str:
 
 def finish(run: Run) -> dict:
     metrics = final_metrics(run)
-    (run.out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
-    os.replace(run.out / "metrics.json.tmp", run.out / "metrics.json")
+    ckpt_io.write_text_atomic(json.dumps(metrics, indent=2), run.out / "metrics.json")
     run.logger.scalars(run.epoch, {"accuracy/test": metrics["test_accuracy"]})
     hp = {k: v for k, v in C.to_dict(run.cfg).items() if v is not None and k not in ("config", "quiet", "resume", "force")}
     hp["role"] = run.cfg.role
@@ -375,28 +402,41 @@ def finish(run: Run) -> dict:
 
 
 def write_config(run: Run) -> None:
-    (run.out / "config.json").write_text(json.dumps({**C.to_dict(run.cfg), "role": run.cfg.role,
-                                                    "spec": run.spec}, indent=2))
+    ckpt_io.write_text_atomic(json.dumps({**C.to_dict(run.cfg), "role": run.cfg.role, "spec": run.spec}, indent=2),
+                              run.out / "config.json")
 
 
 def train_run(cfg: C.TrainConfig) -> dict:
     """Build, fit and evaluate one run; Ctrl-C/SIGTERM save a resumable checkpoint and exit 130/143."""
     run = build_run(cfg)
     try:
-        with StopSignals() as stop:
+        with StopSignals(announce=run.is_main) as stop:
             if run.is_main:
                 write_config(run)
             try:
                 fit(run, stop)
             except Interrupted as where:
                 run.logger.close()
-                resume = f"distill {'teach' if cfg.role == 'teacher' else 'student'} --out {run.out} --resume"
+                if not run.is_main:
+                    raise SystemExit(stop.exit_code) from None  # rank 0 prints the one message
+                launcher = "torchrun <same options> -m " if run.loop.world_size > 1 else ""
+                resume = f"{launcher}distill {'teach' if cfg.role == 'teacher' else 'student'} --out {run.out} --resume"
                 raise UserError(f"interrupted ({where}); saved {run.out / 'last.pt'}. Resume with: {resume} "
                                 f"(plus your other options)", exit_code=stop.exit_code) from None
         metrics = finish(run) if run.is_main else {}
         run.logger.say(f"{run.out.name}: test accuracy {metrics.get('test_accuracy', float('nan')):.4f} "
                        f"({run.out / 'metrics.json'})")
         return metrics
+    except torch.OutOfMemoryError:
+        raise out_of_memory(run) from None
     finally:
         run.logger.close()
         dist_util.shutdown()
+
+
+def out_of_memory(run: Run) -> UserError:
+    last = run.out / "last.pt"
+    kept = f"{last} is kept (continue with --resume)" if last.exists() else "no checkpoint had been written yet"
+    bf16 = "" if run.loop.amp_dtype is not None else " or use --precision bf16"  # already bf16: no advice
+    return UserError(f"out of GPU memory in epoch {run.epoch + 1} with --batch-size {run.cfg.batch_size}: lower "
+                     f"--batch-size (and --lr in proportion){bf16}; {kept}")

@@ -13,8 +13,9 @@ import threading
 class StopSignals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.signum: int | None = None
+        self.announce = announce  # False on torchrun ranks other than 0: one message per run, not per process
         self._previous: dict = {}
 
     def requested(self) -> bool:
@@ -29,8 +30,9 @@ class StopSignals:
             sys.stderr.write("second signal: exiting now (last.pt holds the last complete checkpoint)\n")
             os._exit(128 + signum)
         self.signum = signum
-        sys.stderr.write(f"{signal.Signals(signum).name}: finishing the current step and saving last.pt "
-                         f"(send it again to exit at once)\n")
+        if self.announce:
+            sys.stderr.write(f"{signal.Signals(signum).name}: finishing the current step and saving last.pt "
+                             f"(send it again to exit at once)\n")
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

@@ -1,0 +1,94 @@
+"""Helpers for the "runs that survive" tests: fast run arguments, real child processes, checkpoint comparison."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import distill.train as train_mod
+
+REPO = Path(__file__).resolve().parents[1]
+# resnet8 at 16x16: a 48-image epoch (5 steps of 8) takes well under a second on one CPU core.
+FAST = ["--arch", "resnet8", "--image-size", "16", "--val-size", "6", "--batch-size", "8", "--lr", "0.05",
+        "--device", "cpu", "--quiet"]
+
+
+def run_args(command: str, data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
+    """`distill teach|student` on the tiny data set (conftest's tiny_data); later options win."""
+    return [command, "--data", str(data), "--out", str(out), "--epochs", str(epochs), *FAST, *map(str, extra)]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def spawn(args: list, env: dict[str, str] | None = None, launcher: list[str] | None = None) -> subprocess.Popen:
+    """`python -m distill ARGS` (or `LAUNCHER -m distill ARGS`) as a real child process."""
+    launcher = launcher or [sys.executable]
+    return subprocess.Popen([*launcher, "-m", "distill", *map(str, args)], cwd=REPO, env=env or child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 90) -> None:
+    """Poll until `condition` holds; fail with the child's output if it exits or takes too long first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"condition not reached (exit {proc.returncode}):\n{out}\n{err}")
+        time.sleep(0.05)
+
+
+def signal_after_steps(monkeypatch, n_steps: int, signum: int = signal.SIGINT) -> None:
+    """Deliver `signum` to this process right after training step `n_steps` of the next command: the
+    real StopSignals handler sees it, as it would see a Ctrl-C."""
+    real, count = train_mod.train_step, itertools.count(1)
+
+    def step(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if next(count) == n_steps:
+            os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+
+
+def before_steps_from_epoch(monkeypatch, epoch: int, hook: Callable) -> None:
+    """Call hook(loop) before every training step from epoch `epoch` (1-based) on."""
+    real = train_mod.train_step
+
+    def step(loop, x, y, progress):
+        if progress >= epoch - 1:
+            hook(loop)
+        return real(loop, x, y, progress)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+
+
+def assert_same(a, b, where: str = "checkpoint") -> None:
+    """Bit-for-bit equality of nested dicts/lists of tensors and numbers."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, set(a) ^ set(b))
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp"))
