@@ -116,6 +116,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=15, help="timed runs per op")
     parser.add_argument("--teacher-reps", type=int, default=3, help="timed teacher steps (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 suffers least on a shared machine")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return parser.parse_args()
 
@@ -123,6 +125,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     teacher_batch = args.teacher_batch or (args.batch if device.type == "cuda" else 32)
     load_before = os.getloadavg()[0]  # other work on the machine skews CPU numbers
     torch.manual_seed(0)

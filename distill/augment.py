@@ -36,7 +36,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
 class AugmentConfig:
     crop_padding: int = 4  # random crop after reflect padding: the standard CIFAR translation; 0 disables
     flip: bool = True  # horizontal flip with p=0.5: CIFAR classes look the same mirrored
-    color_jitter: float = 0.0  # strength s: brightness/contrast/saturation = s, hue = s/4 (kornia ColorJitter); 0 disables
+    color_jitter: float = 0.0  # strength s: brightness/contrast/saturation = s, hue = s/4 (kornia); 0 disables
     cutout: float = 0.0  # probability of RandomErasing (kornia): robustness to occlusion; 0 disables
     mixup: float = 0.0  # Beta(a, a) concentration for MixUp: softer targets, which KD profits from; 0 disables
     cutmix: float = 0.0  # Beta(a, a) concentration for CutMix, 0 disables; with both on, each batch picks one at random
@@ -85,7 +85,8 @@ def _parse_override(item: str) -> tuple[str, object]:
     try:
         return key, _CONVERTERS[kind](raw)
     except ValueError:
-        raise UserError(f"bad augment value '{item}': {key} expects type {kind.__name__}; valid keys: {valid}") from None
+        message = f"bad augment value '{item}': {key} expects type {kind.__name__}; valid keys: {valid}"
+        raise UserError(message) from None
 
 
 def parse_augment(spec: str) -> AugmentConfig:
