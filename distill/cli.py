@@ -21,6 +21,10 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 from distill import config as C
 from distill.errors import UserError
 
+# typer >= 0.20 raises its own Exit/Abort; older releases raise click's.
+EXIT_EXCEPTIONS = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
+ABORT_EXCEPTIONS = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
+
 app = typer.Typer(
     help="Knowledge distillation for PyTorch: train a strong CIFAR teacher, distill it into small students, "
     "compare them.",
@@ -92,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         where = f" (see `distill {err.ctx.info_name} --help`)" if err.ctx and err.ctx.parent else " (see `distill --help`)"
         print(f"error: {err.format_message()}{where}", file=sys.stderr)
         sys.exit(2)
-    except click_exceptions.Exit as err:
+    except EXIT_EXCEPTIONS as err:
         sys.exit(err.exit_code)
-    except click_exceptions.Abort:
+    except ABORT_EXCEPTIONS:
         sys.exit(130)
 
 

@@ -1,3 +1,38 @@
 """`distill compare` and `distill pipeline`: whole experiments (registered on distill.cli.app)."""
 
-from distill.cli import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distill.cli import app
+
+
+@app.command("compare")
+def compare_command(
+    runs_dir: Path = typer.Argument(..., help="Folder searched recursively for runs (folders with metrics.json)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {\"runs\": [...], \"chart\": path}."),
+) -> None:
+    """Every finished run side by side: size, cost, accuracy, gain over the baseline; writes compare.png."""
+    from distill.compare import compare, print_comparison
+
+    result = compare(runs_dir)
+    print(json.dumps(result)) if json_out else print_comparison(result)
+
+
+@app.command("pipeline")
+def pipeline_command(
+    config: Path = typer.Option(..., "--config", help="Pipeline TOML: [common], [teacher], [[students]], baselines."),
+    data: Optional[str] = typer.Option(None, help="Data for every stage (overrides the file)."),
+    out: Optional[str] = typer.Option(None, help="Folder for the stage runs (default runs/<config file stem>)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N for every stage (overrides the file)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-epoch output; stage lines and the table only."),
+) -> None:
+    """Teacher, students, baselines and the comparison in one resumable command: rerun it to continue."""
+    from distill.pipeline import load_pipeline, run_pipeline
+
+    given = {"data": data, "device": device, "quiet": quiet or None}
+    run_pipeline(load_pipeline(config, {k: v for k, v in given.items() if v is not None}, out))

@@ -1,0 +1,213 @@
+"""`distill pipeline`: a whole experiment from one TOML file: teacher, students, baselines, comparison.
+
+    baselines = true        # optional (default true): one --no-teacher run per distinct student arch
+    [common]                # optional: options for every stage (keys shared by teach and student)
+    [teacher]               # `distill teach` options
+    [[students]]            # `distill student` options, one table per student: arch, method (default kd)
+
+Every stage is an ordinary run folder inside the pipeline's out folder, so rerunning the same command
+continues an interrupted pipeline: finished stages (metrics.json) are skipped, a stage with last.pt
+is resumed, anything else starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from distill import config as C
+from distill.checkpoint import write_text_atomic
+from distill.compare import compare, minutes, print_comparison
+from distill.errors import UserError
+from distill.run import default_out, train_run
+
+TOP_KEYS = ("baselines", "common", "students", "teacher")
+MANAGED = {"config", "out", "resume", "force"}  # set per stage by the pipeline, never by the file
+STUDENT_MANAGED = MANAGED | {"teacher", "no_teacher"}  # the teacher is the teacher stage's best.pt
+KD_ONLY = ("method", "temperature", "alpha", "beta", "kd_warmup_epochs", "any_teacher")
+IGNORED = {"config", "resume", "force", "quiet"}  # options that do not change what a run computes
+SHARED = {f.name for f in dataclasses.fields(C.TrainConfig)}  # valid for a teacher and a student alike
+ROLE_TABLES = ((C.TeachConfig, "[teacher]"), (C.StudentConfig, "[[students]]"))
+
+
+@dataclass
+class Stage:
+    name: str  # its run folder: teacher-<arch>, student-<arch>-<method> or baseline-<arch>
+    cls: type
+    values: dict  # config-file values; resolved against cls defaults when the stage runs
+
+    def config(self, out: Path, **flags: bool) -> C.TrainConfig:
+        return C.resolve(self.cls, {}, {**self.values, "out": str(out / self.name), **flags})
+
+
+@dataclass
+class Pipeline:
+    source: Path
+    out: Path
+    stages: list[Stage]
+
+
+def check_table(table: object, source: str, managed: set[str]) -> dict:
+    if not isinstance(table, dict):
+        raise UserError(f"{source} must be a table of options, got {type(table).__name__}: see docs/experiments.md")
+    for key in table:
+        if key.replace("-", "_") in managed:
+            raise UserError(f"{source}: '{key}' is set by the pipeline for each stage: remove it")
+    return table
+
+
+def field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def common_values(table: object, source: str) -> dict:
+    """[common] applies to every stage, so each key must be an option of teach and student alike."""
+    table = check_table(table, source, MANAGED)
+    for key in table:
+        name = key.replace("-", "_")
+        homes = [where for cls, where in ROLE_TABLES if name in field_names(cls)]
+        if name not in SHARED and homes:
+            raise UserError(f"{source}: '{key}' is not an option of every stage: move it to {' or '.join(homes)}")
+    return C.values_from_mapping(C.TrainConfig, table, source)
+
+
+def make_stage(cls: type, values: dict, source: str) -> Stage:
+    """Resolve once now, so a bad value in the last student fails before the teacher trains for an hour."""
+    try:
+        cfg = C.resolve(cls, {}, values)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+    return Stage(default_out(cfg).name, cls, values)
+
+
+def student_tables(raw: dict, source: str) -> list[dict]:
+    tables = raw.get("students", [])
+    if not isinstance(tables, list):
+        raise UserError(f"{source}: 'students' must be an array of tables: write [[students]] (double brackets) "
+                        f"above each student's options")
+    if not tables:
+        raise UserError(f"{source}: no [[students]] entries: add at least one, e.g. [[students]] arch = \"resnet20\"")
+    values = []
+    for i, table in enumerate(tables, start=1):
+        where = f"{source} [[students]] #{i}"
+        values.append(C.values_from_mapping(C.StudentConfig, check_table(table, where, STUDENT_MANAGED), where))
+        if "arch" not in values[-1]:
+            raise UserError(f"{where}: no 'arch': name the student, e.g. arch = \"resnet20\"")
+    return values
+
+
+def baseline_tables(students: list[dict]) -> list[dict]:
+    """One baseline per student arch: the first such student's recipe without the distillation."""
+    first: dict[str, dict] = {}
+    for values in students:
+        first.setdefault(values["arch"], values)
+    return [{k: v for k, v in s.items() if k not in KD_ONLY} | {"no_teacher": True} for s in first.values()]
+
+
+def check_top(raw: dict, source: str) -> None:
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise UserError(f"{source}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(TOP_KEYS)}")
+    if "teacher" not in raw:
+        raise UserError(f"{source}: no [teacher] table: add one with the teacher's options, e.g. arch = \"resnet50\"")
+    if not isinstance(raw.get("baselines", True), bool):
+        raise UserError(f"{source}: 'baselines' must be true or false, got {raw['baselines']!r}")
+
+
+def teacher_table(raw: dict, source: str) -> dict:
+    where = f"{source} [teacher]"
+    return C.values_from_mapping(C.TeachConfig, check_table(raw["teacher"], where, MANAGED), where)
+
+
+def check_unique(stages: list[Stage], out: Path, source: str) -> None:
+    names = [s.name for s in stages]
+    for name in names:
+        if names.count(name) > 1:
+            raise UserError(f"{source}: two stages would both write {out / name}: give each student "
+                            f"its own arch or method (baselines are added for you)")
+
+
+def load_pipeline(path: Path, overrides: dict, out: str | None = None) -> Pipeline:
+    """Read and validate the whole plan. `overrides` (data, device, quiet from the command line) beat the file."""
+    source = str(path)
+    raw = C.read_toml(path)
+    check_top(raw, source)
+    common = common_values(raw.get("common", {}), f"{source} [common]")
+    out_dir = Path(out) if out else Path("runs") / path.stem
+    teacher = make_stage(C.TeachConfig, common | teacher_table(raw, source) | overrides, f"{source} [teacher]")
+    students = student_tables(raw, source)
+    taught = {"teacher": str(out_dir / teacher.name / "best.pt")}
+    stages = [teacher] + [make_stage(C.StudentConfig, common | s | taught | overrides, f"{source} [[students]] #{i}")
+                          for i, s in enumerate(students, start=1)]
+    if raw.get("baselines", True):
+        stages += [make_stage(C.StudentConfig, common | b | overrides, f"{source} baseline of {b['arch']}")
+                   for b in baseline_tables(students)]
+    check_unique(stages, out_dir, source)
+    return Pipeline(path, out_dir, stages)
+
+
+def stage_status(folder: Path) -> str:
+    if (folder / "metrics.json").is_file():
+        return "skipped"
+    return "resumed" if (folder / "last.pt").is_file() else "ran"
+
+
+def changed_settings(stage: Stage, out: Path) -> list[str]:
+    """Options of a finished stage that differ from the file now: it is skipped all the same, so say so."""
+    path = out / stage.name / "config.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    planned = C.to_dict(stage.config(out))
+    return [k for k, v in planned.items() if k not in IGNORED and k in saved and saved[k] != v]
+
+
+def run_stage(stage: Stage, out: Path, console: Console) -> dict:
+    folder = out / stage.name
+    status = stage_status(folder)
+    record = {"name": stage.name, "status": status, "wall_seconds": 0.0}
+    if status == "skipped":
+        changed = changed_settings(stage, out)
+        note = f"; it was run with other {', '.join(changed)}: delete {folder} to rerun it" if changed else ""
+        console.print(f"skip {stage.name} (finished{note})")
+        return record
+    # config.json without last.pt: stopped before the first checkpoint, nothing worth keeping: start over.
+    flags = {"resume": True} if status == "resumed" else {"force": (folder / "config.json").is_file()}
+    console.print(f"{'resume' if status == 'resumed' else 'start'} {stage.name}")
+    started = time.perf_counter()
+    try:
+        metrics = train_run(stage.config(out, **flags))
+    except UserError as err:
+        if err.exit_code == 2:
+            raise
+        raise UserError(f"{err}; or rerun this distill pipeline command: finished stages are skipped",
+                        err.exit_code) from None
+    return record | {"wall_seconds": time.perf_counter() - started, "test_accuracy": metrics.get("test_accuracy")}
+
+
+def write_report(pipe: Pipeline, records: list[dict], started: float, finished: bool) -> float:
+    total = time.perf_counter() - started
+    report = {"config": str(pipe.source), "out": str(pipe.out), "finished": finished, "stages": records,
+              "total_seconds": total}
+    write_text_atomic(json.dumps(report, indent=2), pipe.out / "pipeline.json")
+    return total
+
+
+def run_pipeline(pipe: Pipeline) -> dict:
+    """Every stage in order, then the comparison; pipeline.json is rewritten after each stage."""
+    console = Console(highlight=False)
+    started = time.perf_counter()
+    pipe.out.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    for i, stage in enumerate(pipe.stages, start=1):
+        console.rule(f"stage {i}/{len(pipe.stages)}: {stage.name}")
+        records.append(run_stage(stage, pipe.out, console))
+        write_report(pipe, records, started, finished=False)
+    result = compare(pipe.out)
+    print_comparison(result)
+    total = write_report(pipe, records, started, finished=True)
+    console.print(f"pipeline finished in {minutes(total)} ({pipe.out / 'pipeline.json'})")
+    return result

@@ -1,0 +1,201 @@
+"""`distill pipeline` on conftest's tiny image tree (CPU, about 10-20 seconds for the whole file)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import distill.pipeline as pipeline_mod
+import distill.train as train_mod
+from conftest import write_image_tree
+from distill.augment import GpuAugment
+from distill.cli import main
+from distill.errors import UserError
+from distill.pipeline import load_pipeline
+from test_bad_input import assert_one_line_error
+
+STAGES = ("teacher-resnet8", "student-resnet8-kd", "baseline-resnet8")
+SCALARS = {"loss/train", "accuracy/train", "accuracy/val", "accuracy/test", "lr",
+           "throughput/train_images_per_second", "time/epoch_seconds"}
+
+
+def write_config(path: Path, data: Path, cache: Path) -> Path:
+    """2 epochs of 4 steps (42 of conftest's 48 images, batch 10); any arch can be trained as a teacher."""
+    path.write_text(f"""
+[common]
+data = "{data}"
+cache_dir = "{cache}"
+image_size = 16
+val_size = 6
+batch_size = 10
+epochs = 2
+device = "cpu"
+
+[teacher]
+arch = "resnet8"
+
+[[students]]
+arch = "resnet8"
+temperature = 2.0
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> dict:
+    """One pipeline run shared by the tests below; it records each stage's batches as it trains."""
+    root = tmp_path_factory.mktemp("pipeline")
+    config = write_config(root / "tiny.toml", write_image_tree(root / "data"), root / "cache")
+    batches: dict[str, list] = {}
+    stage = [""]
+    real_run, real_step, real_augment = pipeline_mod.train_run, train_mod.train_step, GpuAugment.forward
+
+    def named_run(cfg):
+        stage[0] = Path(cfg.out).name
+        return real_run(cfg)
+
+    def recorded_step(loop, x_u8, y, progress):
+        batches.setdefault(stage[0], []).append(("batch", x_u8.clone(), y.clone()))
+        return real_step(loop, x_u8, y, progress)
+
+    def recorded_augment(self, x, y):
+        out = real_augment(self, x, y)
+        batches.setdefault(stage[0], []).append(("augmented", out[0].clone(), out[1].clone()))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # a relative --out, so the resume test can rerun a copy from another folder
+        mp.setattr(pipeline_mod, "train_run", named_run)
+        mp.setattr(train_mod, "train_step", recorded_step)
+        mp.setattr(GpuAugment, "forward", recorded_augment)
+        main(["pipeline", "--config", str(config), "--out", "exp", "--quiet"])
+    return {"root": root, "out": root / "exp", "config": config, "batches": batches}
+
+
+def accumulator(folder: Path) -> EventAccumulator:
+    return EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+
+
+def test_pipeline_makes_three_runs_with_the_same_tags_and_an_hparams_summary(experiment):
+    report = json.loads((experiment["out"] / "pipeline.json").read_text())
+    assert [s["name"] for s in report["stages"]] == list(STAGES)
+    assert {s["status"] for s in report["stages"]} == {"ran"} and report["finished"]
+    tags = []
+    for name in STAGES:
+        events = accumulator(experiment["out"] / name)
+        tags.append(set(events.Tags()["scalars"]))
+        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+        assert (experiment["out"] / name / "metrics.json").is_file()
+    assert SCALARS <= tags[0] and tags[0] == tags[1] == tags[2]
+
+
+def test_compare_json_lists_every_run_and_draws_the_chart(experiment, cli):
+    result = json.loads(cli("compare", experiment["out"], "--json").out)
+    assert {r["name"]: r["role"] for r in result["runs"]} == dict(zip(STAGES, ("teacher", "student", "baseline")))
+    assert [r["name"] for r in result["runs"]] == ["teacher-resnet8", "baseline-resnet8", "student-resnet8-kd"]
+    student = result["runs"][2]
+    assert student["gain_over_baseline"] == pytest.approx(100 * (student["test_accuracy"]
+                                                                 - result["runs"][1]["test_accuracy"]))
+    with Image.open(result["chart"]) as chart:
+        assert chart.size == (960, 600)
+    images = accumulator(experiment["out"] / "compare").Tags()["images"]
+    assert images == ["compare/accuracy_vs_params"]
+
+
+def test_baseline_and_kd_student_see_identical_batches(experiment):
+    kd, baseline = experiment["batches"]["student-resnet8-kd"], experiment["batches"]["baseline-resnet8"]
+    assert len(kd) == len(baseline) == 2 * 4 * 2  # 2 epochs x 4 steps x (batch, augmented batch)
+    for (kind_a, x_a, y_a), (kind_b, x_b, y_b) in zip(kd, baseline):
+        assert kind_a == kind_b and torch.equal(x_a, x_b) and torch.equal(y_a, y_b)
+
+
+def test_rerun_skips_finished_resumes_interrupted_and_restarts_unsaved_stages(experiment, tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    shutil.copytree(experiment["out"], out)
+    (out / "student-resnet8-kd" / "metrics.json").unlink()  # stopped after its last checkpoint
+    for name in ("metrics.json", "last.pt", "best.pt"):  # stopped before its first checkpoint
+        (out / "baseline-resnet8" / name).unlink()
+    monkeypatch.chdir(tmp_path)
+    main(["pipeline", "--config", str(experiment["config"]), "--out", "exp", "--quiet"])
+    report = json.loads((out / "pipeline.json").read_text())
+    assert [s["status"] for s in report["stages"]] == ["skipped", "resumed", "ran"]
+    assert all((out / name / "metrics.json").is_file() for name in STAGES)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+GOOD = '[teacher]\narch = "resnet8"\n[[students]]\narch = "resnet8"\n'
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('[common]\nepoch = 3\n' + GOOD, r"\[common\]: unknown key 'epoch'"),
+    ('[common]\nepochs = "3"\n' + GOOD, r"\[common\]: 'epochs' must be int, got str"),
+    ('[common]\nstem = "cifar"\n' + GOOD, r"'stem' is not an option of every stage: move it to \[teacher\]"),
+    ('[teacher]\narch = "resnet8"\ntemperature = 2.0\n[[students]]\narch = "resnet8"\n',
+     r"\[teacher\]: unknown key 'temperature'"),
+    (GOOD + 'temprature = 4.0\n', r"\[\[students\]\] #1: unknown key 'temprature'"),
+    (GOOD + 'alpha = "high"\n', r"\[\[students\]\] #1: 'alpha' must be float"),
+    ('[[students]]\narch = "resnet20"\n', r"no \[teacher\] table"),
+    ('[teacher]\narch = "resnet8"\n', r"no \[\[students\]\] entries"),
+    ('[teacher]\n[[students]]\nmethod = "kd"\n', r"#1: no 'arch'"),
+    ('[teacher]\n[students]\narch = "resnet8"\n', r"write \[\[students\]\] \(double brackets\)"),
+    (GOOD + 'teacher = "t.pt"\n', r"'teacher' is set by the pipeline"),
+    ('[common]\nout = "x"\n' + GOOD, r"'out' is set by the pipeline"),
+    ('baseline = true\n' + GOOD, r"unknown top-level key 'baseline'"),
+    ('baselines = "yes"\n' + GOOD, r"'baselines' must be true or false"),
+    (GOOD + '[[students]]\narch = "resnet8"\n', r"two stages would both write"),
+    (GOOD + 'epochs = 0\n', r"#1: --epochs must be at least 1"),
+])
+def test_bad_pipeline_config_is_a_user_error(tmp_path, text, match):
+    with pytest.raises(UserError, match=match):
+        load_pipeline(write(tmp_path / "bad.toml", text), {})
+
+
+def test_bad_config_on_the_command_line_is_one_line_and_exit_2(tmp_path, cli):
+    assert_one_line_error(cli("pipeline", "--config", write(tmp_path / "bad.toml", "[teacher]\nlr = -1\n")),
+                          "[teacher]: --lr must be positive")
+
+
+def test_plan_names_stages_and_command_line_beats_the_file(tmp_path):
+    text = ('baselines = true\n[common]\ndevice = "cuda"\n[teacher]\narch = "resnet18"\n'
+            '[[students]]\narch = "resnet20"\n[[students]]\narch = "resnet20"\nmethod = "dkd"\nbeta = 4.0\n'
+            '[[students]]\narch = "resnet8x4"\n')
+    pipe = load_pipeline(write(tmp_path / "plan.toml", text), {"device": "cpu", "data": "d"})
+    assert pipe.out == Path("runs/plan")
+    assert [s.name for s in pipe.stages] == ["teacher-resnet18", "student-resnet20-kd", "student-resnet20-dkd",
+                                             "student-resnet8x4-kd", "baseline-resnet20", "baseline-resnet8x4"]
+    assert all(s.values["device"] == "cpu" and s.values["data"] == "d" for s in pipe.stages)
+    assert pipe.stages[1].values["teacher"] == str(Path("runs/plan/teacher-resnet18/best.pt"))
+    baseline = pipe.stages[4].values
+    assert baseline["no_teacher"] and "teacher" not in baseline and "method" not in baseline
+
+
+def test_a_finished_stage_is_skipped_but_changed_settings_are_named(tmp_path, capsys):
+    pipe = load_pipeline(write(tmp_path / "p.toml", "[common]\nepochs = 3\n" + GOOD), {}, str(tmp_path / "out"))
+    teacher = pipe.out / pipe.stages[0].name
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text(json.dumps({"epochs": 2, "arch": "resnet8", "quiet": True}))
+    (teacher / "metrics.json").write_text("{}")
+    record = pipeline_mod.run_stage(pipe.stages[0], pipe.out, Console(width=300))
+    assert record["status"] == "skipped"
+    assert "skip teacher-resnet8 (finished; it was run with other epochs: delete" in capsys.readouterr().out
+
+
+def test_an_interrupted_stage_says_how_to_continue_the_pipeline(tmp_path, cli, monkeypatch):
+    def interrupted(cfg):
+        raise UserError(f"interrupted (epoch 1 step 3); saved {cfg.out}/last.pt", exit_code=130)
+
+    monkeypatch.setattr(pipeline_mod, "train_run", interrupted)
+    result = cli("pipeline", "--config", write(tmp_path / "p.toml", GOOD), "--out", tmp_path / "out")
+    assert result.code == 130
+    assert "or rerun this distill pipeline command: finished stages are skipped" in result.err
