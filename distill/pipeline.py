@@ -54,7 +54,7 @@ class Pipeline:
 
 def check_table(table: object, source: str, managed: set[str]) -> dict:
     if not isinstance(table, dict):
-        raise UserError(f"{source} must be a table of options, got {type(table).__name__}: see docs/experiments.md")
+        raise UserError(f"{source} must be a table of options, got {type(table).__name__}: see the README section on distill pipeline")
     for key in table:
         if key.replace("-", "_") in managed:
             raise UserError(f"{source}: '{key}' is set by the pipeline for each stage: remove it")
