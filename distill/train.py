@@ -159,11 +159,11 @@ def train_one_epoch(loop: Loop, epoch: int, start_step: int = 0) -> dict:
         loop.on_step(step, steps)
         if TEST_STEP_SLEEP:
             time.sleep(TEST_STEP_SLEEP)
-    seconds = time.perf_counter() - started
     all_reduce_sum(loss_sum)  # every rank reports the global epoch figures (no-op on one process)
     all_reduce_sum(correct)
     # Also when stopping early: the caller saves last.pt next, and must never save diverged weights.
     check_finite(loss_sum, epoch, step)
+    seconds = time.perf_counter() - started  # after check_finite's sync: queued GPU work is counted
     done = max(seen * loop.world_size, 1)
     return {"loss": loss_sum.item() / done, "accuracy": correct.item() / done, "images": seen * loop.world_size,
             "seconds": seconds, "next_step": step, "finished": step >= steps}
