@@ -72,3 +72,15 @@ def test_evaluate_json_matches_metrics(cli, tiny_data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert abs(report["accuracy"] - metrics["test_accuracy"]) < 1e-6
     assert set(report["per_class"]) == {"apple", "boat", "cloud"}
+
+
+def test_compile_flag_trains_and_saves_plain_weights(cli, tiny_data, tmp_path):
+    """--compile wraps the model in torch.compile; checkpoints must still hold the plain module's keys."""
+    out = tmp_path / "compiled"
+    result = cli("student", "--no-teacher", "--arch", "resnet8", "--data", tiny_data, "--image-size", "16",
+                 "--val-size", "6", "--epochs", "1", "--batch-size", "8", "--out", out, "--device", "cpu",
+                 "--compile", "--quiet")
+    assert result.code == 0, result.err
+    keys = torch.load(out / "best.pt", weights_only=True)["model"].keys()
+    assert not any(k.startswith("_orig_mod.") for k in keys)
+    assert cli("evaluate", out / "best.pt", "--data", tiny_data, "--json", "--device", "cpu").code == 0
