@@ -21,7 +21,7 @@
 #   compare.json       `distill compare RUNS --json` after the full pipeline
 #   runs.tar.gz        the pipeline's small files (metrics.json, config.json, pipeline.json, TensorBoard
 #                      events, logs, the chart); no checkpoints
-#   gpu_results.json   the summary (python -m distill.bench summarize)
+#   gpu_results.json   the summary (python -m distill.gpu_report summarize)
 # The data step warms the decode cache ($DISTILL_CACHE) that the pipeline then reads: the pipeline's time
 # is that of a second run on the same data (the cold decode is 04_data.json's first_load_seconds).
 #
@@ -112,14 +112,14 @@ install_wheels
 print_env
 BENCH=("$PY" -m distill bench --json "${DEV[@]}")
 # (a) the ceiling (b) our steps (c) the usual recipe (d) data decode (e) the whole pipeline, last, with the rest
-step matmul 60 "$OUT/01_matmul.json" "$PY" -m distill.bench matmul
+step matmul 60 "$OUT/01_matmul.json" "$PY" -m distill.gpu_report matmul
 step bench-resnet50 100 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch resnet50 --mode train --mode infer
 for student in resnet20 resnet8x4; do
   step "bench-$student" 80 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch "$student" \
     --mode train --mode infer --mode distill --teacher-arch resnet50
 done
 step reference-resnet50 120 "$OUT/03_reference.json" "${BENCH[@]}" "${REF_SIZES[@]}" --arch resnet50 --reference
-step data-load 120 "$OUT/04_data.json" "$PY" -m distill.bench data "$DATA" --cache-dir "$DISTILL_CACHE"
+step data-load 120 "$OUT/04_data.json" "$PY" -m distill.gpu_report data "$DATA" --cache-dir "$DISTILL_CACHE"
 
 PIPELINE_TIME=()  # --pipeline-seconds/--pipeline-rc for the summary, when the pipeline ran
 if [ -f "$CONFIG" ]; then
@@ -136,7 +136,7 @@ step compare 25 "$OUT/compare.json" "$PY" -m distill compare "$RUNS" --json
 (cd "$RUNS" && find . -type f \( -name '*.json' -o -name 'events.out.tfevents.*' -o -name '*.log' -o -name '*.txt' \
   -o -name '*.toml' -o -name '*.csv' -o -name '*.png' \) -size -4M -print0 | tar -czf "$OUT/runs.tar.gz" --null -T -) 2>>"$LOG"
 say "summarize: start"  # not through step(): it must run even when the budget is spent
-timeout -k 5 30 "$PY" -m distill.bench summarize --out "$OUT" --runs "$RUNS" "${PIPELINE_TIME[@]}" \
+timeout -k 5 30 "$PY" -m distill.gpu_report summarize --out "$OUT" --runs "$RUNS" "${PIPELINE_TIME[@]}" \
   2>>"$LOG"
 say "summarize: exit $?"
 say "done; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"

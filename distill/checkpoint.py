@@ -1,7 +1,7 @@
 """Checkpoints: written atomically, read with weights_only=True, refused with one clear line when broken.
 
-A distill checkpoint is a plain dict of tensors, numbers, strings and lists, so `torch.load(...,
-weights_only=True)` reads it and nothing in it can run code.
+A distill checkpoint is a plain dict of tensors, numbers, strings and lists, so a weights-only
+`torch.load` reads it and nothing in it can run code.
 """
 
 from __future__ import annotations

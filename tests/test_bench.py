@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill import bench
+from distill import bench, gpu_report
 from distill.errors import UserError
 
 TINY = ("--device", "cpu", "--arch", "resnet8", "--batch-size", "4", "--warmup", "0", "--steps", "1")
@@ -72,14 +72,14 @@ def test_bad_values_exit_2_with_one_line(cli, args, needle):
 
 
 def test_matmul_ceiling_is_skipped_on_the_cpu():
-    assert bench.matmul_tflops(256, torch.bfloat16, torch.device("cpu")) is None
+    assert gpu_report.matmul_tflops(256, torch.bfloat16, torch.device("cpu")) is None
 
 
 def test_data_load_timing(tiny_data, tmp_path):
-    timing = bench.time_data_load(str(tiny_data), tmp_path / "fresh-cache")
+    timing = gpu_report.time_data_load(str(tiny_data), tmp_path / "fresh-cache")
     assert timing["train_images"] == 48 and timing["first_load_seconds"] > 0 and timing["cached_load_seconds"] > 0
     with pytest.raises(UserError, match="not empty"):  # a second call would not be cold
-        bench.time_data_load(str(tiny_data), tmp_path / "fresh-cache")
+        gpu_report.time_data_load(str(tiny_data), tmp_path / "fresh-cache")
 
 
 def bench_report(rows: list[dict]) -> str:
@@ -117,7 +117,7 @@ def test_summarize_writes_every_required_key(tmp_path, monkeypatch, capsys):
     write_gpu_out(out, runs)
     monkeypatch.chdir(tmp_path)  # no git checkout here: the commit comes from GIT_COMMIT
     monkeypatch.setenv("GIT_COMMIT", "abc123")
-    bench.main(["summarize", "--out", str(out), "--runs", str(runs), "--pipeline-seconds", "215", "--pipeline-rc", "0"])
+    gpu_report.main(["summarize", "--out", str(out), "--runs", str(runs), "--pipeline-seconds", "215", "--pipeline-rc", "0"])
     summary = json.loads((out / "gpu_results.json").read_text())
     assert SUMMARY_KEYS <= summary.keys() and "bench_rows" not in json.loads(capsys.readouterr().out)
     assert summary["commit"] == "abc123" and summary["matmul_tflops"] == 650.0
@@ -134,7 +134,7 @@ def test_summarize_tolerates_a_run_cut_short(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "01_matmul.json").write_text('{"tflops": 1')  # killed mid-write
-    summary = bench.summarize(out, tmp_path / "no-runs", pipeline_seconds=300.0, pipeline_rc=124)
+    summary = gpu_report.summarize(out, tmp_path / "no-runs", pipeline_seconds=300.0, pipeline_rc=124)
     assert SUMMARY_KEYS <= summary.keys() and summary["matmul_tflops"] is None and summary["test_accuracy"] == {}
     assert summary["pipeline_wall_seconds"] == 300.0 and summary["pipeline_exit_code"] == 124
     assert set(summary["missing"]) >= {"bench", "reference", "pipeline"}
