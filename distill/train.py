@@ -42,14 +42,21 @@ class ModelEMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        self._tensors: tuple[nn.Module, list, list, list, list] | None = None  # built once, not every step
+
+    def tensor_lists(self, model: nn.Module) -> tuple[list, list, list, list]:
+        if self._tensors is None or self._tensors[0] is not model:
+            self._tensors = (model, list(self.module.parameters()), [p.detach() for p in model.parameters()],
+                             list(self.module.buffers()), list(model.buffers()))
+        return self._tensors[1:]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_p = [p for p in self.module.parameters()]
-        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1 - decay)
-        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))  # BatchNorm statistics follow the live model
+        ema_p, live_p, ema_b, live_b = self.tensor_lists(model)
+        torch._foreach_lerp_(ema_p, live_p, 1 - decay)
+        torch._foreach_copy_(ema_b, live_b)  # BatchNorm statistics follow the live model
 
 
 @dataclass
