@@ -51,6 +51,7 @@ class BenchOptions:
     precision: str  # resolved: "bf16" or "fp32"
     channels_last: bool
     compile: bool
+    compile_mode: str  # torch.compile's mode, also for the teacher of --mode distill
     teacher_arch: str
     warmup: int
     steps: int
@@ -68,7 +69,8 @@ def _at_least(name: str, value: int, low: int) -> int:
 def resolve_options(archs: list[str] | None, modes: list[str] | None, batch_size: int | None, device: str,
                     precision: str, channels_last: bool | None, compile: bool, teacher_arch: str,
                     warmup: int | None, steps: int | None, reference: bool = False,
-                    num_workers: int | None = None, data: str | None = None) -> BenchOptions:
+                    num_workers: int | None = None, data: str | None = None,
+                    compile_mode: str = "default") -> BenchOptions:
     """Check every value before anything runs (a typo in the last --arch must not cost minutes),
     then fill the device-dependent defaults."""
     from distill.models import family_of
@@ -82,6 +84,7 @@ def resolve_options(archs: list[str] | None, modes: list[str] | None, batch_size
         raise UserError(f"unknown mode '{bad[0]}': choose one of {', '.join(MODES)} (repeat --mode for several)")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    C.check_choice("compile_mode", compile_mode)
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     default_warmup, default_steps, default_batch = DEFAULTS[dev.type]
@@ -89,7 +92,7 @@ def resolve_options(archs: list[str] | None, modes: list[str] | None, batch_size
         archs=archs, modes=modes, device=dev,
         batch_size=_at_least("batch-size", default_batch if batch_size is None else batch_size, 1),
         precision="bf16" if precision == "bf16" or (precision == "auto" and cuda) else "fp32",
-        channels_last=cuda if channels_last is None else channels_last, compile=compile,
+        channels_last=cuda if channels_last is None else channels_last, compile=compile, compile_mode=compile_mode,
         teacher_arch=teacher_arch, warmup=_at_least("warmup", default_warmup if warmup is None else warmup, 0),
         steps=_at_least("steps", default_steps if steps is None else steps, 1), reference=reference,
         num_workers=_at_least("num-workers", min(8, os.cpu_count() or 1) if num_workers is None else num_workers, 0),
@@ -104,10 +107,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_step_seconds(step: Callable[[int], object], device: torch.device, warmup: int, steps: int) -> float:
-    """Median wall time of step(i) over `steps` calls after `warmup` untimed calls."""
+def median_step_seconds(step: Callable[[int], object], device: torch.device, warmup: int,
+                        steps: int) -> tuple[float, float]:
+    """Median wall time of step(i) over `steps` calls after `warmup` untimed calls, and the seconds
+    the warm-up took (cuDNN autotuning; with --compile, mostly compile time)."""
+    start = time.perf_counter()
     for i in range(warmup):
         step(i)
+    sync(device)
+    warmup_seconds = time.perf_counter() - start
     times = []
     for i in range(steps):
         sync(device)  # nothing queued before the step may count toward it
@@ -115,7 +123,7 @@ def median_step_seconds(step: Callable[[int], object], device: torch.device, war
         step(warmup + i)
         sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), warmup_seconds
 
 
 def free_memory() -> None:
@@ -146,9 +154,9 @@ def run_config(opts: BenchOptions, arch: str, distill: bool) -> C.TrainConfig:
     from distill.models import family_of
 
     common = dict(arch=arch, batch_size=opts.batch_size, precision=opts.precision, channels_last=opts.channels_last,
-                  compile=opts.compile, device=str(opts.device), epochs=1, val_size=0)
+                  compile=opts.compile, compile_mode=opts.compile_mode, device=str(opts.device), epochs=1, val_size=0)
     if distill:  # make_loop only checks that a teacher is named; the model itself is attached below
-        cfg = C.StudentConfig(**common, teacher=RANDOM_TEACHER, method="kd")
+        cfg = C.StudentConfig(**common, teacher=RANDOM_TEACHER, method="kd", compile_teacher=opts.compile)
     elif family_of(arch) == "teacher":
         cfg = C.TeachConfig(**common)
     else:
@@ -176,7 +184,7 @@ def bench_loop(opts: BenchOptions, arch: str, distill: bool):
     """A Loop over one batch of synthetic data, set up like `distill.run.build_run` sets up a run."""
     from distill.data import Splits, channel_stats
     from distill.models import build_model, make_spec
-    from distill.run import configure_backends, make_loop
+    from distill.run import compile_models, configure_backends, make_loop
 
     cfg = run_config(opts, arch, distill)
     configure_backends(cfg, opts.device)
@@ -189,12 +197,11 @@ def bench_loop(opts: BenchOptions, arch: str, distill: bool):
     loop = make_loop(cfg, model, spec, "none", splits, opts.device, opts.channels_last, stats)
     if distill:
         loop.teacher = random_teacher(opts, stats)
-    if opts.compile:  # after make_loop, as in build_run: the EMA copies the uncompiled model
-        loop.model = torch.compile(loop.model)
+    compile_models(loop, cfg)  # after make_loop, as in build_run: the EMA copies the uncompiled model
     return loop
 
 
-def time_train_steps(opts: BenchOptions, loop) -> float:
+def time_train_steps(opts: BenchOptions, loop) -> tuple[float, float]:
     """Median seconds of the project's train_step, batch gathered from device memory as in training."""
     from distill.train import train_step
 
@@ -205,7 +212,8 @@ def time_train_steps(opts: BenchOptions, loop) -> float:
                                opts.device, opts.warmup, opts.steps)
 
 
-def time_forward(opts: BenchOptions, model: nn.Module, preprocess: nn.Module, amp: torch.dtype | None) -> float:
+def time_forward(opts: BenchOptions, model: nn.Module, preprocess: nn.Module,
+                 amp: torch.dtype | None) -> tuple[float, float]:
     """Median seconds of one eval forward pass (`predict`) of a batch, under inference_mode."""
     from distill.train import predict
 
@@ -218,14 +226,18 @@ def time_forward(opts: BenchOptions, model: nn.Module, preprocess: nn.Module, am
     return median_step_seconds(step, opts.device, opts.warmup, opts.steps)
 
 
-def result_row(opts: BenchOptions, arch: str, mode: str, seconds: float, model: nn.Module, **extra) -> dict:
+def result_row(opts: BenchOptions, arch: str, mode: str, timing: tuple[float, float], model: nn.Module,
+               **extra) -> dict:
     from distill.modelinfo import count_params
     from distill.train import unwrap
 
+    seconds, warmup_seconds = timing
     row = {"arch": arch, "mode": mode, "batch_size": opts.batch_size, "precision": opts.precision,
            "channels_last": opts.channels_last, "compile": opts.compile,
+           "compile_mode": opts.compile_mode if opts.compile else None,
            "images_per_second": opts.batch_size / seconds, "step_ms": seconds * 1e3,
-           "params": count_params(unwrap(model)), "warmup": opts.warmup, "steps": opts.steps}
+           "params": count_params(unwrap(model)), "warmup": opts.warmup, "steps": opts.steps,
+           "warmup_seconds": warmup_seconds}
     return {**row, **extra}
 
 
@@ -236,8 +248,8 @@ def bench_train(opts: BenchOptions, arch: str) -> list[dict]:
 
 def bench_infer(opts: BenchOptions, arch: str) -> list[dict]:
     loop = bench_loop(opts, arch, distill=False)  # the same model, preprocessing and autocast as training
-    seconds = time_forward(opts, loop.model, loop.preprocess, loop.amp_dtype)
-    return [result_row(opts, arch, "infer", seconds, loop.model)]
+    timing = time_forward(opts, loop.model, loop.preprocess, loop.amp_dtype)
+    return [result_row(opts, arch, "infer", timing, loop.model)]
 
 
 def bench_distill(opts: BenchOptions, arch: str, with_teacher_forward: bool) -> list[dict]:
@@ -245,9 +257,8 @@ def bench_distill(opts: BenchOptions, arch: str, with_teacher_forward: bool) -> 
     teacher = {"teacher_arch": opts.teacher_arch}
     rows = [result_row(opts, arch, "distill", time_train_steps(opts, loop), loop.model, **teacher)]
     if with_teacher_forward:  # what the teacher alone costs of each distillation step
-        seconds = time_forward(opts, loop.teacher.model, loop.teacher.preprocess, loop.amp_dtype)
-        rows.append(result_row(opts, opts.teacher_arch, "teacher_forward", seconds, loop.teacher.model,
-                               compile=False, **teacher))
+        timing = time_forward(opts, loop.teacher.model, loop.teacher.preprocess, loop.amp_dtype)
+        rows.append(result_row(opts, opts.teacher_arch, "teacher_forward", timing, loop.teacher.model, **teacher))
     return rows
 
 
@@ -326,10 +337,10 @@ def bench_reference(opts: BenchOptions, arch: str) -> dict:
             loss.backward()
             optimizer.step()
 
-        seconds = median_step_seconds(step, opts.device, opts.warmup, opts.steps)
+        timing = median_step_seconds(step, opts.device, opts.warmup, opts.steps)
         del batches  # stops the loader's worker processes now
-    return result_row(opts, arch, "reference_train", seconds, model, precision="fp32", channels_last=False,
-                      compile=False, num_workers=opts.num_workers, data=opts.data or "synthetic")
+    return result_row(opts, arch, "reference_train", timing, model, precision="fp32", channels_last=False,
+                      compile=False, compile_mode=None, num_workers=opts.num_workers, data=opts.data or "synthetic")
 
 
 # ----------------------------------------------------------------------------------- the report
@@ -371,7 +382,8 @@ def print_bench(report: dict) -> None:
     for col in ("arch", "mode", "batch", "setup", "images/s", "ms/step", "params (M)"):
         table.add_column(col, justify="left" if col in ("arch", "mode", "setup") else "right")
     for r in report["results"]:
-        setup = " ".join([r["precision"]] + ["channels_last"] * r["channels_last"] + ["compile"] * r["compile"])
+        compiled = [f"compile ({r.get('compile_mode') or 'default'})"] if r["compile"] else []
+        setup = " ".join([r["precision"]] + ["channels_last"] * r["channels_last"] + compiled)
         table.add_row(r["arch"], r["mode"], str(r["batch_size"]), setup, f"{r['images_per_second']:,.0f}",
                       f"{r['step_ms']:.2f}", f"{r['params'] / 1e6:.2f}")
     console = Console()

@@ -23,7 +23,10 @@ def bench_command(
     channels_last: Optional[bool] = typer.Option(
         None, "--channels-last/--no-channels-last", help="channels_last memory format (default: on for CUDA)."),
     compile_model: bool = typer.Option(
-        False, "--compile", help="torch.compile the model (compile time falls into the warm-up steps)."),
+        False, "--compile", help="torch.compile the model, and in --mode distill the teacher too (compile time falls "
+        "into the warm-up steps, reported as warmup_seconds)."),
+    compile_mode: str = typer.Option(
+        "default", help="torch.compile mode with --compile: default, reduce-overhead (CUDA graphs) or max-autotune."),
     teacher_arch: str = typer.Option("resnet50", help="Teacher of --mode distill (random weights: timing only)."),
     steps: Optional[int] = typer.Option(
         None, help="Timed steps; the median counts (default 30 on CUDA, 3 on the CPU)."),
@@ -41,6 +44,6 @@ def bench_command(
     from distill.bench import print_bench, resolve_options, run_bench
 
     opts = resolve_options(arch, mode, batch_size, device, precision, channels_last, compile_model, teacher_arch,
-                           warmup, steps, reference, num_workers, data)
+                           warmup, steps, reference, num_workers, data, compile_mode)
     report = run_bench(opts)
     print(json.dumps(report)) if json_out else print_bench(report)

@@ -48,6 +48,7 @@ class TrainConfig:
     precision: str = opt("auto", "Training precision: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.", ("auto", "bf16", "fp32"))
     channels_last: bool | None = opt(None, "Use channels_last memory format (default: on for CUDA).")
     compile: bool = opt(False, "torch.compile the model (minutes of compile time; pays off on long GPU runs).")
+    compile_mode: str = opt("default", "torch.compile mode for --compile and --compile-teacher: default, reduce-overhead (replays CUDA graphs: fewest kernel launches, more GPU memory) or max-autotune (longest compile).", ("default", "reduce-overhead", "max-autotune"))
     tta: bool = opt(False, "Average predictions over the image and its mirror at evaluation.")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
     seed: int = opt(0, "Seeds the split, the batch order and the augmentation.")
@@ -79,6 +80,7 @@ class TrainConfig:
         if self.resume and self.force:
             raise UserError("--resume and --force contradict each other: choose one")
         check_choice("precision", self.precision)
+        check_choice("compile_mode", self.compile_mode)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class StudentConfig(TrainConfig):
     alpha: float | None = opt(None, "Weight of the DISTILLATION term (kd: loss = (1-alpha)*CE + alpha*T^2*KL, default 0.9; dkd: TCKD weight, default 1.0). Some toolkits weight CE instead.")
     beta: float | None = opt(None, "DKD only: weight of the non-target-class term NCKD (default 8.0).")
     kd_warmup_epochs: float = opt(20.0, "DKD only: epochs over which the distillation weight ramps up linearly.")
+    compile_teacher: bool = opt(False, "torch.compile the teacher's forward pass (inference at one batch shape: with --compile-mode reduce-overhead it replays as a CUDA graph).")
     any_teacher: bool = opt(False, "Allow a student or baseline checkpoint as --teacher (any trained model can teach).")
 
     @property
@@ -131,7 +134,7 @@ def dash(name: str) -> str:
 def check_choice(name: str, value: str) -> None:
     choices = FIELD_CHOICES[name]
     if value not in choices:
-        raise UserError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
+        raise UserError(f"unknown --{dash(name)} '{value}': choose one of {', '.join(choices)}")
 
 
 FIELD_CHOICES = {

@@ -203,10 +203,21 @@ def build_run(cfg: C.TrainConfig) -> Run:
         loop.teacher, run.teacher_info = load_teacher(cfg, splits.classes, device, channels_last)
     if saved is not None:
         restore(run, saved)
-    if cfg.compile:
-        loop.model = torch.compile(loop.model)
+    compile_models(loop, cfg)
     loop.model = dist_util.wrap(loop.model, device, getattr(cfg, "sync_bn", False))
     return run
+
+
+def compile_models(loop: Loop, cfg: C.TrainConfig) -> None:
+    """torch.compile what the config asks for, after make_loop and restore: the EMA, the checkpoints and
+    evaluation hold the plain modules (`unwrap`), so compiling changes no saved key and evaluation's
+    odd last batch causes no recompile."""
+    if cfg.compile:
+        loop.model = torch.compile(loop.model, mode=cfg.compile_mode)
+    if getattr(cfg, "compile_teacher", False) and loop.teacher is not None:
+        # The teacher always sees full training batches (every step has batch_size images): one shape,
+        # so one compile, and under reduce-overhead one CUDA graph replayed every step.
+        loop.teacher.model = torch.compile(loop.teacher.model, mode=cfg.compile_mode)
 
 
 def method_kwargs(cfg: C.TrainConfig) -> dict:
@@ -373,7 +384,8 @@ def final_metrics(run: Run) -> dict:
                     amp_dtype=loop.amp_dtype)
     cfg = run.cfg
     if loop.teacher is not None:  # the teacher's accuracy on exactly this test split, for the comparison
-        run.teacher_info["test_accuracy"] = evaluate(loop.teacher.model, loop.teacher.preprocess, s.test_x, s.test_y,
+        teacher = unwrap(loop.teacher.model)
+        run.teacher_info["test_accuracy"] = evaluate(teacher, loop.teacher.preprocess, s.test_x, s.test_y,
                                                      len(s.classes), tta=cfg.tta, amp_dtype=loop.amp_dtype)["accuracy"]
     return {"role": cfg.role, "arch": cfg.arch, "method": getattr(cfg, "effective_method", None),
             "params": count_params(model), "gflops": forward_gflops(model.float(), run.spec["input_size"]),

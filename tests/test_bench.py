@@ -60,6 +60,7 @@ def test_table_output(cli):
     (("--teacher-arch", "vgg"), "resnet50"),
     (("--mode", "eval"), "train, infer, distill"),
     (("--precision", "fp16"), "bf16, fp32"),
+    (("--compile-mode", "fast"), "default, reduce-overhead, max-autotune"),
     (("--batch-size", "0"), "at least 1"),
     (("--steps", "0"), "at least 1"),
     (("--warmup", "-1"), "at least 0"),
