@@ -1,0 +1,39 @@
+"""Every config file shipped in configs/ loads and validates: a typo there would greet a user as an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distill import config as C
+from distill.pipeline import load_pipeline
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped(folder: str) -> list[Path]:
+    paths = sorted((CONFIGS / folder).glob("*.toml"))
+    assert paths, f"no configs in {folder}"
+    return paths
+
+
+@pytest.mark.parametrize("path", shipped("pipeline"), ids=lambda p: p.name)
+def test_pipeline_configs_plan_a_teacher_then_students_and_baselines(path, tmp_path):
+    pipe = load_pipeline(path, {"data": "d"})
+    roles = [stage.config(tmp_path).role for stage in pipe.stages]  # each stage's config resolves and validates
+    assert roles[0] == "teacher" and "student" in roles and "baseline" in roles
+    assert pipe.out == Path("runs") / path.stem
+
+
+@pytest.mark.parametrize("path", shipped("teacher"), ids=lambda p: p.name)
+def test_teacher_configs_validate(path):
+    cfg = C.resolve(C.TeachConfig, {"config": str(path)})
+    assert cfg.arch == "resnet50" and cfg.epochs >= 1
+
+
+@pytest.mark.parametrize("path", shipped("student"), ids=lambda p: p.name)
+def test_student_configs_validate(path):
+    baseline = path.stem.endswith("_baseline")
+    cfg = C.resolve(C.StudentConfig, {"config": str(path), "teacher": None if baseline else "teacher.pt"})
+    assert cfg.effective_method == ("none" if baseline else path.stem.split("_")[-1])
