@@ -1,5 +1,20 @@
 #!/usr/bin/env bash
-# The GPU measurements of distill in ONE device call (under ~8.5 minutes), cheapest step first.
+# The GPU measurements of distill, in one device call per step list, cheapest step first.
+#
+# STEPS (default "matmul bench reference data pipeline", in that order) picks the groups to run:
+#   matmul     bf16 matmul ceiling
+#   bench      `distill bench` of the teacher and the students: train, infer, distill (+ teacher forward)
+#   compile    the same with torch.compile: resnet50 train in the default and reduce-overhead (CUDA graphs)
+#              modes, and the resnet20 distillation step with student and teacher compiled (~5 minutes,
+#              mostly compile time, reported per row as warmup_seconds)
+#   reference  the usual recipe (DataLoader + CPU transforms, fp32): 8 workers, then 2 (the tutorial's)
+#   data       load_dataset on the archive, cold then cached
+#   pipeline   the whole $CONFIG pipeline (default configs/pipeline/cifar10.toml)
+# A 15-minute device budget holds two calls back to back (the machine stays warm 30 s):
+#   1. STEPS="matmul compile reference" GIT_COMMIT=<hash> bash bench/gpu.sh              (timeout_s 480)
+#   2. STEPS="bench data pipeline" CONFIG=configs/pipeline/cifar10_long.toml BUDGET=540 \
+#        GIT_COMMIT=<hash> bash bench/gpu.sh                                              (timeout_s 590)
+# then merge both outputs here: `python -m distill.gpu_report summarize --out MERGED --runs RUNS`.
 #
 # Preconditions, on the GPU machine, run from the repository root:
 #   - .whl/ holds the kornia wheels (/work/shared/gpu/fetch-wheels.sh). Unless kornia already imports,
@@ -8,15 +23,18 @@
 #       export PYTHONPATH=/tmp/site:$PWD
 #   - .data/cifar10-jpeg.tar.gz: a copy of /work/shared/data/cifar10-jpeg.tar.gz (.data/ is git-ignored).
 #   - $OUT: the folder that comes back (default ./bench/out); GIT_COMMIT=<hash> when the copy has no .git.
-# The call: carry [".whl", ".data"], command "GIT_COMMIT=<hash> bash bench/gpu.sh", timeout_s 480.
+# The call: carry [".whl", ".data"], command "GIT_COMMIT=<hash> bash bench/gpu.sh", timeout_s 480
+# (the default STEPS, as measured on 2026-11-26).
 #
 # Writes, each as soon as its step ends (a call cut short still returns what it measured), exactly
 # the 8 files a device call brings back, all directly in $OUT:
 #   steps.log          versions, nvidia-smi, every step's stderr, timings and exit codes, pipeline output
 #   01_matmul.json     bf16 8192^3 matmul TFLOP/s: the card's practical ceiling
 #   02_bench.jsonl     one `distill bench --json` report per line: resnet50 train/infer (batch 512, bf16,
-#                      channels_last), then resnet20 and resnet8x4 train/infer/distill (+ teacher_forward)
-#   03_reference.json  `distill bench --reference --json` for resnet50: ours vs DataLoader + CPU transforms
+#                      channels_last), then resnet20 and resnet8x4 train/infer/distill (+ teacher_forward);
+#                      the compile group's reports too (their rows carry compile and compile_mode)
+#   03_reference.json  `distill bench --reference --json` reports for resnet50, one per line: ours vs
+#                      DataLoader + CPU transforms, with 8 and with 2 loader workers
 #   04_data.json       load_dataset on the archive: cold (unpack + decode + cache write), then cached
 #   compare.json       `distill compare RUNS --json` after the full pipeline
 #   runs.tar.gz        the pipeline's small files (metrics.json, config.json, pipeline.json, TensorBoard
@@ -32,6 +50,14 @@ cd "$(dirname "$0")/.."
 
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
+STEPS=" ${STEPS:-matmul bench reference data pipeline} "
+for s in $STEPS; do
+  case $s in matmul | bench | compile | reference | data | pipeline) ;;
+    *) echo "gpu.sh: unknown step '$s' in STEPS: choose from matmul bench compile reference data pipeline" >&2
+       exit 2 ;;
+  esac
+done
+wants() { [[ $STEPS == *" $1 "* ]]; }
 OUT=${OUT:-./bench/out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -68,6 +94,7 @@ TEMPS=()  # folders this script makes, removed at the end (the decode cache alon
 [ -z "${DISTILL_CACHE:-}" ] && DISTILL_CACHE=$(mktemp -d /tmp/distill-cache.XXXXXX) && TEMPS+=("$DISTILL_CACHE")
 export DISTILL_CACHE
 
+fresh_dir() { mktemp -d /tmp/distill-inductor.XXXXXX; }  # removed with /tmp/distill-* at the end
 say() { echo "[gpu.sh +$(($(date +%s) - START))s] $*" | tee -a "$LOG" >&2; }
 seconds_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
 
@@ -111,18 +138,36 @@ print_env() {
 install_wheels
 print_env
 BENCH=("$PY" -m distill bench --json "${DEV[@]}")
-# (a) the ceiling (b) our steps (c) the usual recipe (d) data decode (e) the whole pipeline, last, with the rest
-step matmul 60 "$OUT/01_matmul.json" "$PY" -m distill.gpu_report matmul
-step bench-resnet50 100 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch resnet50 --mode train --mode infer
-for student in resnet20 resnet8x4; do
-  step "bench-$student" 80 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch "$student" \
-    --mode train --mode infer --mode distill --teacher-arch resnet50
-done
-step reference-resnet50 120 "$OUT/03_reference.json" "${BENCH[@]}" "${REF_SIZES[@]}" --arch resnet50 --reference
-step data-load 120 "$OUT/04_data.json" "$PY" -m distill.gpu_report data "$DATA" --cache-dir "$DISTILL_CACHE"
+# (a) the ceiling (b) our steps (c) compiled (d) the usual recipe (e) data decode (f) the whole pipeline, last
+wants matmul && step matmul 60 "$OUT/01_matmul.json" "$PY" -m distill.gpu_report matmul
+if wants bench; then
+  step bench-resnet50 100 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch resnet50 --mode train --mode infer
+  for student in resnet20 resnet8x4; do
+    step "bench-$student" 80 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch "$student" \
+      --mode train --mode infer --mode distill --teacher-arch resnet50
+  done
+fi
+if wants compile; then
+  # Each step gets an empty inductor cache, so its warmup_seconds is a cold compile, as a user's first run.
+  for mode in default reduce-overhead; do
+    TORCHINDUCTOR_CACHE_DIR=$(fresh_dir) step "compile-resnet50-$mode" 150 "$OUT/02_bench.jsonl" "${BENCH[@]}" \
+      "${SIZES[@]}" --arch resnet50 --mode train --compile --compile-mode "$mode"
+  done
+  TORCHINDUCTOR_CACHE_DIR=$(fresh_dir) step compile-resnet20-distill 150 "$OUT/02_bench.jsonl" "${BENCH[@]}" \
+    "${SIZES[@]}" --arch resnet20 --mode distill --teacher-arch resnet50 --compile --compile-mode reduce-overhead
+fi
+if wants reference; then
+  for workers in 8 2; do
+    step "reference-resnet50-$workers-workers" 120 "$OUT/03_reference.json" "${BENCH[@]}" "${REF_SIZES[@]}" \
+      --arch resnet50 --reference --num-workers "$workers"
+  done
+fi
+wants data && step data-load 120 "$OUT/04_data.json" "$PY" -m distill.gpu_report data "$DATA" --cache-dir "$DISTILL_CACHE"
 
 PIPELINE_TIME=()  # --pipeline-seconds/--pipeline-rc for the summary, when the pipeline ran
-if [ -f "$CONFIG" ]; then
+if ! wants pipeline; then
+  say "pipeline: not in STEPS"
+elif [ -f "$CONFIG" ]; then
   pipeline_began=$(date +%s.%N)
   step pipeline 100000 "$LOG" "$PY" -m distill pipeline --config "$CONFIG" --data "$DATA" --out "$RUNS" --quiet
   pipeline_rc=$?
@@ -131,13 +176,13 @@ else
   say "pipeline: SKIPPED, $CONFIG does not exist"
 fi
 DEADLINE=$((DEADLINE + RESERVE)) RESERVE=0  # the reserve is now for the steps below
-step compare 25 "$OUT/compare.json" "$PY" -m distill compare "$RUNS" --json
+wants pipeline && step compare 25 "$OUT/compare.json" "$PY" -m distill compare "$RUNS" --json
 # Only the small files come back: metrics, configs, TensorBoard events, logs; never checkpoints.
-(cd "$RUNS" && find . -type f \( -name '*.json' -o -name 'events.out.tfevents.*' -o -name '*.log' -o -name '*.txt' \
+wants pipeline && (cd "$RUNS" && find . -type f \( -name '*.json' -o -name 'events.out.tfevents.*' -o -name '*.log' -o -name '*.txt' \
   -o -name '*.toml' -o -name '*.csv' -o -name '*.png' \) -size -4M -print0 | tar -czf "$OUT/runs.tar.gz" --null -T -) 2>>"$LOG"
 say "summarize: start"  # not through step(): it must run even when the budget is spent
 timeout -k 5 30 "$PY" -m distill.gpu_report summarize --out "$OUT" --runs "$RUNS" "${PIPELINE_TIME[@]}" \
   2>>"$LOG"
 say "summarize: exit $?"
 say "done; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
-rm -rf "${TEMPS[@]}"
+rm -rf "${TEMPS[@]}" /tmp/distill-inductor.*

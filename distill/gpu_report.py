@@ -1,7 +1,7 @@
 """The steps of bench/gpu.sh that are not `distill` commands: the bf16 matmul ceiling, the data-load
 timing, and gpu_results.json, the summary of everything one GPU call measured.
 
-    python -m distill.gpu_report {matmul, data PATH --cache-dir D, summarize --out OUT --runs RUNS}
+    python -m distill.gpu_report {matmul, data PATH --cache-dir D, summarize --out OUT --runs RUNS [--also OUT2]}
 """
 
 from __future__ import annotations
@@ -99,35 +99,56 @@ def run_stages(runs: Path, pipeline: dict | None) -> dict[str, dict]:
 
 
 def bench_figures(rows: list[dict]) -> dict:
-    """The headline throughputs out of every `distill bench` row of the run."""
+    """The headline throughputs out of the `distill bench` rows of the run: those without torch.compile
+    (what a run does by default), then each compiled row under "compiled"."""
     from distill.models import family_of
 
-    def ips(mode: str, teacher: bool) -> dict[str, float]:
-        return {r["arch"]: r["images_per_second"] for r in rows
-                if r["mode"] == mode and (family_of(r["arch"]) == "teacher") == teacher}
+    plain = [r for r in rows if not r.get("compile")]
+
+    def ips(mode: str, teacher: bool) -> dict[str, float]:  # per arch, its first row: bench before reference
+        found: dict[str, float] = {}
+        for r in plain:
+            if r["mode"] == mode and (family_of(r["arch"]) == "teacher") == teacher:
+                found.setdefault(r["arch"], r["images_per_second"])
+        return found
 
     first = lambda d: next(iter(d.values()), None)  # noqa: E731
-    forward = {r["arch"]: r["images_per_second"] for r in rows if r["mode"] == "teacher_forward"}
+    forward = {r["arch"]: r["images_per_second"] for r in plain if r["mode"] == "teacher_forward"}
+    compiled = {f"{r['arch']} {r['mode']} {r.get('compile_mode') or 'default'}":
+                {"images_per_second": r["images_per_second"], "step_ms": r["step_ms"],
+                 "warmup_seconds": r.get("warmup_seconds")} for r in rows if r.get("compile")}
     return {"teacher_train_images_per_second": first(ips("train", True)),
             "teacher_infer_images_per_second": first(ips("infer", True)),
             "student_train_images_per_second": ips("train", False),
             "student_infer_images_per_second": ips("infer", False),
             "distill_images_per_second": ips("distill", False),
-            "teacher_forward_images_per_second": first(forward)}
+            "teacher_forward_images_per_second": first(forward), "compiled": compiled}
 
 
-def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipeline_rc: int | None = None) -> dict:
-    """gpu_results.json from what bench/gpu.sh left in `out` and the pipeline's folder `runs`;
-    a missing input gives nulls (and a name in "missing"), never an error."""
-    inputs = {"matmul": out / "01_matmul.json", "bench": out / "02_bench.jsonl", "reference": out / "03_reference.json",
-              "data": out / "04_data.json", "pipeline": runs / "pipeline.json", "compare": out / "compare.json"}
-    reports = read_json_lines(inputs["bench"])
-    ref_report = read_json(inputs["reference"]) or {}
-    rows = [r for rep in reports + [ref_report] for r in rep.get("results", [])]
-    refs = [r for r in rows if r["mode"] == "reference_train"]
+GPU_FILES = {"matmul": "01_matmul.json", "bench": "02_bench.jsonl", "reference": "03_reference.json",
+             "data": "04_data.json", "compare": "compare.json"}
+
+
+def gpu_file(outs: list[Path], name: str) -> Path:
+    """The first of the output folders that holds this file (the first folder's path if none does)."""
+    paths = [out / GPU_FILES[name] for out in outs]
+    return next((p for p in paths if p.is_file() and p.stat().st_size > 0), paths[0])
+
+
+def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipeline_rc: int | None = None,
+              also: list[Path] | None = None) -> dict:
+    """gpu_results.json from what bench/gpu.sh left in `out` (and in the folders `also`, the outputs of
+    other calls of it) and the pipeline's folder `runs`; a missing input gives nulls (and a name in
+    "missing"), never an error."""
+    outs = [out, *(also or [])]
+    inputs = {name: gpu_file(outs, name) for name in GPU_FILES} | {"pipeline": runs / "pipeline.json"}
+    reports = [rep for o in outs for rep in read_json_lines(o / GPU_FILES["bench"])]
+    ref_reports = [rep for o in outs for rep in read_json_lines(o / GPU_FILES["reference"])]
+    rows = [r for rep in reports + ref_reports for r in rep.get("results", [])]
+    refs = [r for r in rows if r["mode"] == "reference_train"]  # the first is the headline (8 workers)
     pipeline = read_json(inputs["pipeline"])
     stages = run_stages(runs, pipeline)
-    first = (reports + [ref_report])[0]
+    first = (reports + ref_reports + [{}])[0]
     missing = [name for name, path in inputs.items() if not path.is_file() or path.stat().st_size == 0]
     return {
         "device": first.get("device"), "torch": first.get("torch"),
@@ -135,7 +156,8 @@ def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipe
         "matmul_tflops": (read_json(inputs["matmul"]) or {}).get("tflops"),
         **bench_figures([r for r in rows if r["mode"] != "reference_train"]),
         "reference_images_per_second": refs[0]["images_per_second"] if refs else None,
-        "reference_ratio": ref_report.get("reference_ratio"),
+        "reference_ratio": refs[0].get("ratio") if refs else None,
+        "reference_ratio_by_workers": {str(r.get("num_workers")): r.get("ratio") for r in refs},
         # pipeline.json's own total (written after each stage, so also after a cut-short run), else the command's
         "pipeline_wall_seconds": (pipeline or {}).get("total_seconds", pipeline_seconds),
         "pipeline_finished": (pipeline or {}).get("finished"),
@@ -160,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     summ.add_argument("--runs", type=Path, required=True, help="the pipeline's --out folder")
     summ.add_argument("--pipeline-seconds", type=float, default=None)
     summ.add_argument("--pipeline-rc", type=int, default=None)
+    summ.add_argument("--also", type=Path, action="append", default=[],
+                      help="another gpu.sh output folder to read (repeatable): merges the calls of one session")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "matmul":
@@ -167,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.cmd == "data":
             result = time_data_load(args.path, args.cache_dir)
         else:
-            result = summarize(args.out, args.runs, args.pipeline_seconds, args.pipeline_rc)
+            result = summarize(args.out, args.runs, args.pipeline_seconds, args.pipeline_rc, args.also)
             (args.out / "gpu_results.json").write_text(json.dumps(result, indent=2))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

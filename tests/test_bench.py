@@ -101,7 +101,7 @@ def write_gpu_out(out: Path, runs: Path) -> None:
                            row("resnet50", "teacher_forward", 28000.0)])]
     (out / "02_bench.jsonl").write_text("\n".join(lines) + "\n")
     ref = json.loads(bench_report([row("resnet50", "train", 9000.0),
-                                   row("resnet50", "reference_train", 3000.0, ratio=3.0)]))
+                                   row("resnet50", "reference_train", 3000.0, ratio=3.0, num_workers=8)]))
     (out / "03_reference.json").write_text(json.dumps({**ref, "reference_ratio": 3.0}))
     (out / "04_data.json").write_text(json.dumps({"first_load_seconds": 9.5, "cached_load_seconds": 0.4}))
     for name, acc, epochs in (("teacher-resnet50", 0.95, 30), ("student-resnet20-kd", 0.92, 40)):
@@ -131,6 +131,25 @@ def test_summarize_writes_every_required_key(tmp_path, monkeypatch, capsys):
     assert summary["missing"] == ["compare"]
 
 
+def test_summarize_merges_a_second_call_and_keeps_compiled_rows_apart(tmp_path):
+    out, runs, other = tmp_path / "out", tmp_path / "runs", tmp_path / "compile-call"
+    write_gpu_out(out, runs)
+    other.mkdir()
+    compiled = [row("resnet50", "train", 12000.0, compile=True, compile_mode="default", warmup_seconds=80.0),
+                row("resnet50", "train", 13000.0, compile=True, compile_mode="reduce-overhead", warmup_seconds=95.0)]
+    (other / "02_bench.jsonl").write_text(bench_report(compiled) + "\n")
+    (other / "03_reference.json").write_text(bench_report(
+        [row("resnet50", "train", 9100.0), row("resnet50", "reference_train", 1500.0, ratio=6.0, num_workers=2)]))
+    summary = gpu_report.summarize(out, runs, also=[other])
+    assert summary["teacher_train_images_per_second"] == 9000.0  # the plain bench row, not a compiled one
+    assert summary["compiled"] == {
+        "resnet50 train default": {"images_per_second": 12000.0, "step_ms": 512e3 / 12000.0, "warmup_seconds": 80.0},
+        "resnet50 train reduce-overhead": {"images_per_second": 13000.0, "step_ms": 512e3 / 13000.0,
+                                           "warmup_seconds": 95.0}}
+    assert summary["reference_ratio"] == 3.0 and summary["reference_ratio_by_workers"] == {"8": 3.0, "2": 6.0}
+    assert summary["test_accuracy"]["teacher-resnet50"] == 0.95 and summary["missing"] == ["compare"]
+
+
 def test_summarize_tolerates_a_run_cut_short(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -143,3 +162,10 @@ def test_summarize_tolerates_a_run_cut_short(tmp_path):
 
 def test_gpu_script_parses():
     subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu.sh")], check=True)
+
+
+def test_gpu_script_refuses_an_unknown_step(tmp_path):
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--cpu-smoke"], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "STEPS": "bench warp", "OUT": str(tmp_path)})
+    assert result.returncode == 2 and "unknown step 'warp'" in result.stderr and "matmul bench compile" in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything ran or was written
