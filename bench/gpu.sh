@@ -4,17 +4,19 @@
 # STEPS (default "matmul bench reference data pipeline", in that order) picks the groups to run:
 #   matmul     bf16 matmul ceiling
 #   bench      `distill bench` of the teacher and the students: train, infer, distill (+ teacher forward)
-#   compile    the same with torch.compile: resnet50 train in the default and reduce-overhead (CUDA graphs)
-#              modes, and the resnet20 distillation step with student and teacher compiled (~5 minutes,
-#              mostly compile time, reported per row as warmup_seconds)
+#   compile    the same with torch.compile: resnet50 train in each of $COMPILE_MODES (default "default
+#              reduce-overhead"; reduce-overhead = CUDA graphs), then the resnet20 distillation step with
+#              student and teacher compiled in the last of them; each step's compile time is its rows'
+#              warmup_seconds, and each step is capped at 150 s
 #   reference  the usual recipe (DataLoader + CPU transforms, fp32): 8 workers, then 2 (the tutorial's)
 #   data       load_dataset on the archive, cold then cached
 #   pipeline   the whole $CONFIG pipeline (default configs/pipeline/cifar10.toml)
-# A 15-minute device budget holds two calls back to back (the machine stays warm 30 s):
-#   1. STEPS="matmul compile reference" GIT_COMMIT=<hash> bash bench/gpu.sh              (timeout_s 480)
-#   2. STEPS="bench data pipeline" CONFIG=configs/pipeline/cifar10_long.toml BUDGET=540 \
-#        GIT_COMMIT=<hash> bash bench/gpu.sh                                              (timeout_s 590)
-# then merge both outputs here: `python -m distill.gpu_report summarize --out MERGED --runs RUNS`.
+# What is still to measure (BENCHMARKS.md) takes two calls back to back (the machine stays warm 30 s):
+#   1. STEPS="bench compile reference" BUDGET=400 GIT_COMMIT=<hash> bash bench/gpu.sh    (timeout_s 450)
+#   2. STEPS="data pipeline" CONFIG=configs/pipeline/cifar10_long.toml BUDGET=440 \
+#        GIT_COMMIT=<hash> bash bench/gpu.sh                                              (timeout_s 480)
+# Steps run in order and are skipped once the budget is spent, so the last ones are the optional ones.
+# Then merge both outputs here: `python -m distill.gpu_report summarize --out OUT2 --also OUT1 --runs RUNS`.
 #
 # Preconditions, on the GPU machine, run from the repository root:
 #   - .whl/ holds the kornia wheels (/work/shared/gpu/fetch-wheels.sh). Unless kornia already imports,
@@ -86,7 +88,8 @@ else
   REF_SIZES=(--batch-size 512 --warmup 3 --steps 10)  # its fp32 steps are slow: fewer of them
   SLOW=1
 fi
-RESERVE=45  # seconds kept after the pipeline for compare, the tarball and the summary
+RESERVE=10  # seconds kept at the end for the summary; with the pipeline, also for compare and the tarball
+wants pipeline && RESERVE=45
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
 TEMPS=()  # folders this script makes, removed at the end (the decode cache alone is ~0.4 GB)
@@ -149,12 +152,12 @@ if wants bench; then
 fi
 if wants compile; then
   # Each step gets an empty inductor cache, so its warmup_seconds is a cold compile, as a user's first run.
-  for mode in default reduce-overhead; do
+  for mode in ${COMPILE_MODES:-default reduce-overhead}; do
     TORCHINDUCTOR_CACHE_DIR=$(fresh_dir) step "compile-resnet50-$mode" 150 "$OUT/02_bench.jsonl" "${BENCH[@]}" \
       "${SIZES[@]}" --arch resnet50 --mode train --compile --compile-mode "$mode"
   done
   TORCHINDUCTOR_CACHE_DIR=$(fresh_dir) step compile-resnet20-distill 150 "$OUT/02_bench.jsonl" "${BENCH[@]}" \
-    "${SIZES[@]}" --arch resnet20 --mode distill --teacher-arch resnet50 --compile --compile-mode reduce-overhead
+    "${SIZES[@]}" --arch resnet20 --mode distill --teacher-arch resnet50 --compile --compile-mode "$mode"
 fi
 if wants reference; then
   for workers in 8 2; do

@@ -157,7 +157,7 @@ def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipe
         **bench_figures([r for r in rows if r["mode"] != "reference_train"]),
         "reference_images_per_second": refs[0]["images_per_second"] if refs else None,
         "reference_ratio": refs[0].get("ratio") if refs else None,
-        "reference_ratio_by_workers": {str(r.get("num_workers")): r.get("ratio") for r in refs},
+        "reference_ratio_by_workers": {str(r.get("num_workers")): r.get("ratio") for r in reversed(refs)},  # first wins
         # pipeline.json's own total (written after each stage, so also after a cut-short run), else the command's
         "pipeline_wall_seconds": (pipeline or {}).get("total_seconds", pipeline_seconds),
         "pipeline_finished": (pipeline or {}).get("finished"),

@@ -138,14 +138,16 @@ def test_summarize_merges_a_second_call_and_keeps_compiled_rows_apart(tmp_path):
     compiled = [row("resnet50", "train", 12000.0, compile=True, compile_mode="default", warmup_seconds=80.0),
                 row("resnet50", "train", 13000.0, compile=True, compile_mode="reduce-overhead", warmup_seconds=95.0)]
     (other / "02_bench.jsonl").write_text(bench_report(compiled) + "\n")
-    (other / "03_reference.json").write_text(bench_report(
-        [row("resnet50", "train", 9100.0), row("resnet50", "reference_train", 1500.0, ratio=6.0, num_workers=2)]))
+    (other / "03_reference.json").write_text("\n".join(bench_report(
+        [row("resnet50", "train", 9100.0), row("resnet50", "reference_train", 9100.0 / ratio, ratio=ratio,
+                                                num_workers=workers)]) for ratio, workers in ((2.5, 8), (6.0, 2))))
     summary = gpu_report.summarize(out, runs, also=[other])
     assert summary["teacher_train_images_per_second"] == 9000.0  # the plain bench row, not a compiled one
     assert summary["compiled"] == {
         "resnet50 train default": {"images_per_second": 12000.0, "step_ms": 512e3 / 12000.0, "warmup_seconds": 80.0},
         "resnet50 train reduce-overhead": {"images_per_second": 13000.0, "step_ms": 512e3 / 13000.0,
                                            "warmup_seconds": 95.0}}
+    # `out` comes first: its reference is the headline, and its 8-worker ratio is not replaced by the other's
     assert summary["reference_ratio"] == 3.0 and summary["reference_ratio_by_workers"] == {"8": 3.0, "2": 6.0}
     assert summary["test_accuracy"]["teacher-resnet50"] == 0.95 and summary["missing"] == ["compare"]
 
