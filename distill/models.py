@@ -37,7 +37,13 @@ def build_model(spec: dict, weights: str = "none") -> nn.Module:
 
 
 def new_parameter_names(spec: dict, weights: str) -> set[str]:
-    """Parameters that start from scratch in a fine-tuned model: they train at the full learning rate."""
+    """Parameters of a fine-tuned model that train at the full learning rate, the rest at backbone_lr_scale.
+
+    The head starts from scratch. With the CIFAR stem, conv1 is derived from the 7x7 kernel (finer detail
+    lost) and bn1 keeps its ImageNet affine and statistics, now fed 32x32 responses: both must adapt, so both
+    get the full rate (bn1's running statistics re-estimate themselves in training mode anyway).
+    """
     if spec["family"] != "teacher" or weights == "none":
         return set()
-    return {"fc.weight", "fc.bias"} | ({"conv1.weight"} if spec["stem"] == "cifar" else set())
+    stem = {"conv1.weight", "bn1.weight", "bn1.bias"} if spec["stem"] == "cifar" else set()
+    return {"fc.weight", "fc.bias"} | stem

@@ -35,22 +35,50 @@ def build_torchvision(arch: str, num_classes: int = 10, stem: str = "cifar", wei
         use_cifar_stem(model)
     state = pretrained_state_dict(arch, weights)
     if state is not None:
-        load_backbone(model, state, arch, skip_conv1=stem == "cifar")
+        load_backbone(model, state, arch, cifar_stem=stem == "cifar")
     return model
 
 
-def load_backbone(model: nn.Module, state: dict, arch: str, skip_conv1: bool) -> None:
-    """Load every pretrained tensor except the new head (and the replaced stem conv)."""
-    skipped = {"fc.weight", "fc.bias"} | ({"conv1.weight"} if skip_conv1 else set())
-    state = {k: v for k, v in state.items() if k not in skipped}
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
-    missing = [k for k in own if k not in state and k not in skipped and not k.endswith("num_batches_tracked")]
+def cifar_conv1_from_imagenet(weight: torch.Tensor) -> torch.Tensor:
+    """The 3x3 stride-1 kernel that reads a 32x32 image the way the 7x7 stride-2 kernel reads it enlarged by 7/3.
+
+    A CIFAR image is an ImageNet object shrunk ~7x, and the 3x3 conv sees 3 pixels where the 7x7 saw 7, so
+    tap i (offset -3..3) of the 7x7 kernel reads the image at 3i/7 CIFAR pixels. Each tap is spread over the
+    three pixels -1, 0, 1 with the quadratic (Lagrange) interpolation weights for that offset, separably in
+    rows and columns. For every image that is a quadratic polynomial over the window - constant colour,
+    ramps, curvature, in any direction - the derived conv's response equals the 7x7 conv's response on the
+    image enlarged by 7/3; in particular each filter's sum is preserved, so on flat regions the response is
+    the pretrained one and bn1's running mean stays valid. Detail finer than 3x3 can hold is lost, so bn1's
+    running variance is only approximately right.
+    """
+    # Not area resampling: antialiased bilinear and adaptive pooling weight the 7 taps unequally (0.8-1.6), so
+    # filter sums drift; an exact box keeps sums but reads a ramp ~11% weak. On synthetic 1/f images with
+    # Gabor-like filters, these quadratic weights gave the response (and its variance) closest to the 7x7's.
+    x = torch.arange(-3, 4, dtype=torch.float64, device=weight.device) * 3 / 7
+    taps = torch.stack([x * (x - 1) / 2, 1 - x * x, x * (x + 1) / 2]).to(weight.dtype)  # (3 pixels, 7 taps)
+    return torch.einsum("ai,ocij,bj->ocab", taps, weight, taps)
+
+
+def load_backbone(model: nn.Module, state: dict, arch: str, cifar_stem: bool) -> None:
+    """Load every pretrained tensor except the new head; the CIFAR stem's conv1 is derived from the 7x7 one.
+
+    bn1 keeps its pretrained affine parameters and running statistics: the derived conv1 reproduces the
+    responses that shaped them (see cifar_conv1_from_imagenet).
+    """
+    head = {"fc.weight", "fc.bias"}
+    state = {k: v for k, v in state.items() if k not in head}
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in head}
+    if cifar_stem:  # the pretrained kernel conv1 is derived from
+        expected["conv1.weight"] = (model.conv1.out_channels, 3, 7, 7)
+    bad = [k for k, v in state.items() if k not in expected or expected[k] != v.shape]
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     if bad or missing:
         raise UserError(
             f"the weights do not fit torchvision's {arch} ({len(bad)} unexpected and {len(missing)} missing keys, "
             f"e.g. {(bad or missing)[0]}): pass a state_dict saved from torchvision.models.{arch}, or --weights none"
         )
+    if cifar_stem:
+        state["conv1.weight"] = cifar_conv1_from_imagenet(state["conv1.weight"])
     model.load_state_dict(state, strict=False)
 
 
