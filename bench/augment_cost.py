@@ -31,7 +31,9 @@ import torch
 import torchvision
 from torch import nn
 
-from distill.augment import AugmentConfig, GpuAugment, Preprocess, cutmix, mixup, random_crop, random_flip, to_float
+from distill import augment_policy as TA
+from distill.augment import (AugmentConfig, GpuAugment, Preprocess, color_jitter, cutmix, cutout, mix, mixup,
+                             parse_augment, random_crop, random_flip, to_float)
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -59,21 +61,36 @@ def augment_ops(batch: int, device: torch.device) -> dict[str, Callable[[], obje
     y = torch.arange(batch, device=device) % 10
     jitter, erase = K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=1.0), K.RandomErasing(p=0.5)
     kornia_crop = K.RandomCrop((32, 32), padding=4, padding_mode="reflect")
+    kornia_trivial = K.auto.TrivialAugment()
     normalize = Preprocess(CIFAR_MEAN, CIFAR_STD).to(device)
     upsize = Preprocess(CIFAR_MEAN, CIFAR_STD, image_size=64).to(device)
     pipelines = {name: GpuAugment(cfg, 10) for name, cfg in (
         ("pipeline default (crop+flip)", AugmentConfig()),
-        ("pipeline all on", AugmentConfig(color_jitter=0.4, cutout=0.5, mixup=0.2, cutmix=1.0)))}
+        ("pipeline all on", AugmentConfig(color_jitter=0.4, cutout=0.5, mixup=0.2, cutmix=1.0)),
+        ("pipeline strong", parse_augment("strong")))}
+    op, magnitude = TA.draw_trivial_params(batch, device)  # each TrivialAugment family runs on the whole batch
     ops: dict[str, Callable[[], object]] = {
         "to_float (uint8 -> [0,1])": lambda: to_float(x8),
         "crop p=4 (ours, uint8)": lambda: random_crop(x8, 4),
         "crop p=4 (ours, float32)": lambda: random_crop(xf, 4),
         "crop p=4 (kornia RandomCrop)": lambda: kornia_crop(xf),
         "flip (uint8)": lambda: random_flip(x8),
+        "TA geometric: 1 warp (uint8)": lambda: TA.geometric_ops(x8, op, magnitude),
+        "TA colour blends (uint8)": lambda: TA.blend_ops(x8, op, magnitude),
+        "TA posterize (uint8)": lambda: TA.posterize(x8, magnitude.to(torch.int64)),
+        "TA solarize (uint8)": lambda: TA.solarize(x8, magnitude),
+        "TA autocontrast (uint8)": lambda: TA.autocontrast(x8),
+        "TA equalize (uint8)": lambda: TA.equalize(x8),
+        "TrivialAugment (ours, uint8)": lambda: TA.trivial_augment(x8),
+        "TrivialAugment (kornia, 1 op)": lambda: kornia_trivial(xf),
+        "color jitter s=0.4 (ours)": lambda: color_jitter(xf, 0.4),
         "color jitter s=0.4 (kornia)": lambda: jitter(xf),
+        "erasing p=0.5 (ours)": lambda: cutout(xf, 0.5),
         "erasing p=0.5 (kornia)": lambda: erase(xf),
+        "cutout 16x16 p=1 (ours)": lambda: cutout(xf, 1.0, size=16),
         "mixup a=0.2": lambda: mixup(xf, onehot, 0.2),
         "cutmix a=1.0": lambda: cutmix(xf, onehot, 1.0),
+        "mix p=0.5 (mixup 0.2|cutmix 1)": lambda: mix(xf, onehot, 0.2, 1.0, prob=0.5),
         "normalize": lambda: normalize(xf),
         "resize to 64 (bilinear)": lambda: upsize.resize(xf),
     }
@@ -151,6 +168,7 @@ def main() -> None:
 def format_table(report: dict) -> str:
     scaled = f" (timed at batch {report['teacher_batch']}, scaled linearly)" if report["teacher_step_scaled"] else ""
     load = report.get("load_avg_1min_before")
+    width = max(30, *(len(name) for name in report["ops"]))
     lines = [
         f"device {report['device']}, {report['cpu_threads']} CPU threads"
         + (f" (1-min load average before the run {load:.2f})" if load is not None else "")
@@ -158,12 +176,12 @@ def format_table(report: dict) -> str:
         f"teacher step (ResNet50 CIFAR stem, {report['teacher_precision']}) at batch {report['batch']}: "
         f"{report['teacher_step_ms']:.1f} ms{scaled}",
         "",
-        f"| {'op':<30} | {'ms / batch':>10} | {'% teacher step':>14} |",
-        f"|{'-' * 32}|{'-' * 11}:|{'-' * 15}:|",
+        f"| {'op':<{width}} | {'ms / batch':>10} | {'% teacher step':>14} |",
+        f"|{'-' * (width + 2)}|{'-' * 11}:|{'-' * 15}:|",
     ]
     for name, row in report["ops"].items():
         flag = " *" if row["pct_of_teacher_step"] > 10 else ""
-        lines.append(f"| {name:<30} | {row['ms']:>10.3f} | {row['pct_of_teacher_step']:>12.3f}{flag:2} |")
+        lines.append(f"| {name:<{width}} | {row['ms']:>10.3f} | {row['pct_of_teacher_step']:>12.3f}{flag:2} |")
     lines.append("\n* more than 10% of a teacher step")
     return "\n".join(lines)
 

@@ -4,8 +4,11 @@ Images travel as uint8 (B, 3, H, W) until `GpuAugment` turns them into float [0,
 targets (B, num_classes). Normalization is not done here: each model (teacher or student) has its own
 statistics and input size, so it puts a `Preprocess` in front of itself.
 
-Random draws use torch's global RNG (our ops draw on the batch's device, kornia's on the CPU), so
-`torch.manual_seed` makes a run reproducible. No op loops over the samples in Python.
+Every parameter is drawn per sample from torch's global RNG on the batch's device (the one exception:
+ColorJitter's per-call order of its four steps, drawn on the CPU like kornia's), so `torch.manual_seed`
+makes a run reproducible. No op loops over the samples in Python and none waits for the device.
+Kornia's augmentation modules serve as the reference in tests: they draw their parameters on the CPU
+and launch many small kernels (3-8% of a ResNet50 step each on an H200).
 """
 
 from __future__ import annotations
@@ -15,48 +18,79 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
+from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction, adjust_hue,
+                            adjust_saturation_with_gray_subtraction)
 from torch import Tensor, nn
 
+from distill.augment_policy import trivial_augment
 from distill.errors import UserError
 
-# Allowed [low, high] for each numeric field; the hue of ColorJitter is s/4 and kornia caps it at 0.5.
+# Policies applied per sample after crop and flip, by name (the `policy` field).
+_POLICIES: dict[str, Callable[[Tensor], Tensor] | None] = {"none": None, "trivial": trivial_augment}
+
+# Allowed [low, high] for each numeric field; ColorJitter's hue range is s/4 turns, capped at 0.5 as kornia's.
 _LIMITS: dict[str, tuple[float, float]] = {
     "crop_padding": (0, math.inf),
     "color_jitter": (0.0, 2.0),
     "cutout": (0.0, 1.0),
+    "cutout_size": (0, math.inf),
     "mixup": (0.0, math.inf),
     "cutmix": (0.0, math.inf),
+    "mix_prob": (0.0, 1.0),
 }
+# Allowed names for each string field.
+_CHOICES: dict[str, tuple[str, ...]] = {"policy": tuple(_POLICIES)}
 
 
 @dataclass
 class AugmentConfig:
     crop_padding: int = 4  # random crop after reflect padding: the standard CIFAR translation; 0 disables
     flip: bool = True  # horizontal flip with p=0.5: CIFAR classes look the same mirrored
+    policy: str = "none"  # "trivial": TrivialAugment-wide per sample: crop+flip regularize a ResNet50 too little
     color_jitter: float = 0.0  # strength s: brightness/contrast/saturation = s, hue = s/4 (kornia); 0 disables
-    cutout: float = 0.0  # probability of RandomErasing (kornia): robustness to occlusion; 0 disables
+    cutout: float = 0.0  # per-sample probability of erasing a box (to 0): robustness to occlusion; 0 disables
+    cutout_size: int = 0  # box: 0 = RandomErasing's (kornia: 2-33% of the area); n = DeVries' n x n square
     mixup: float = 0.0  # Beta(a, a) concentration for MixUp: softer targets, which KD profits from; 0 disables
-    cutmix: float = 0.0  # Beta(a, a) concentration for CutMix, 0 disables; with both on, each batch picks one at random
+    cutmix: float = 0.0  # Beta(a, a) concentration for CutMix, 0 disables; with both on, each sample picks one
+    mix_prob: float = 1.0  # per-sample probability of mixing at all (else lam = 1): mixing slows convergence
 
     def __post_init__(self) -> None:
         for name, (low, high) in _LIMITS.items():
             value = getattr(self, name)
             if not (math.isfinite(value) and low <= value <= high):  # also rejects NaN
                 raise UserError(f"augment {name}={value} is out of range: expected a value in [{low}, {high}]")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise UserError(f"augment {name}='{getattr(self, name)}' is not valid: expected one of "
+                                f"{', '.join(choices)}")
 
     @classmethod
     def none(cls) -> AugmentConfig:
         """Everything off: the images are only converted to float."""
         return cls(crop_padding=0, flip=False)
 
+    @classmethod
+    def strong(cls) -> AugmentConfig:
+        """Crop + flip + TrivialAugment-wide + 16x16 cutout + CutMix/MixUp on half the samples (95% teacher)."""
+        return cls(
+            policy="trivial",  # tuning-free, matches or beats AutoAugment on CIFAR (Müller & Hutter)
+            cutout=1.0,  # DeVries & Taylor's CIFAR-10 setting, also in TrivialAugment's CIFAR pipeline
+            cutout_size=16,
+            cutmix=1.0,  # Yun et al.'s CIFAR alpha: the pasted area is uniform
+            mixup=0.2,  # low alpha, lam mostly near 0 or 1: a mild blend for the samples not pasted
+            # Mixing pays off on long schedules; ours is 40-60 teacher epochs, so only half the samples mix
+            # (each picks CutMix or MixUp): a quarter pasted, a quarter blended.
+            mix_prob=0.5,
+        )
+
 
 # ---------------------------------------------------------------------------------------------- spec
 
 
-_BASES: dict[str, Callable[[], AugmentConfig]] = {"default": AugmentConfig, "none": AugmentConfig.none}
+_BASES: dict[str, Callable[[], AugmentConfig]] = {
+    "default": AugmentConfig, "none": AugmentConfig.none, "strong": AugmentConfig.strong}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
@@ -67,7 +101,8 @@ def _parse_bool(raw: str) -> bool:
 
 
 # The converter follows each field's default type, so a new field needs no parser change.
-_CONVERTERS: dict[type, Callable[[str], object]] = {bool: _parse_bool, int: int, float: float}
+# A string field takes the raw text; __post_init__ checks it against _CHOICES.
+_CONVERTERS: dict[type, Callable[[str], object]] = {bool: _parse_bool, int: int, float: float, str: str}
 
 
 def _valid_keys() -> str:
@@ -80,7 +115,7 @@ def _parse_override(item: str) -> tuple[str, object]:
     key, sep, raw = (part.strip() for part in item.partition("="))
     if not sep or not hasattr(defaults, key):
         raise UserError(f"bad augment item '{item}': expected key=value with key one of {valid} "
-                        f"(optionally after 'default' or 'none')")
+                        f"(optionally after {', '.join(repr(b) for b in _BASES)})")
     kind = type(getattr(defaults, key))
     try:
         return key, _CONVERTERS[kind](raw)
@@ -90,7 +125,7 @@ def _parse_override(item: str) -> tuple[str, object]:
 
 
 def parse_augment(spec: str) -> AugmentConfig:
-    """'default', 'none', or key=value overrides on top of either: 'mixup=0.2,cutout=0.5', 'none,flip=1'."""
+    """'default', 'none', 'strong', or key=value overrides on top of one: 'mixup=0.2,cutout=0.5', 'strong,mixup=0'."""
     items = [item.strip() for item in spec.split(",") if item.strip()]
     base = _BASES[items.pop(0)]() if items and items[0] in _BASES else AugmentConfig()
     overrides = dict(_parse_override(item) for item in items)
@@ -134,6 +169,103 @@ def random_flip(x: Tensor) -> Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def _uniform(low: float, high: float, n: int, device: torch.device) -> Tensor:
+    """n draws from U[low, high) on `device` (kornia's UniformDistribution: low + rand * (high - low))."""
+    return low + torch.rand(n, device=device) * (high - low)
+
+
+# ------------------------------------------------------------------------------------ colour jitter
+
+
+# kornia's ColorJitter steps, by its order indices (brightness, contrast, saturation, hue). kornia.enhance
+# is plain batched tensor code; only kornia's module is slow (CPU draws, `.any()` guards that sync).
+_JITTER_STEPS: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (
+    adjust_brightness_accumulative,  # x * f
+    adjust_contrast_with_mean_subtraction,  # blend with the image's mean grayscale
+    adjust_saturation_with_gray_subtraction,  # blend with the grayscale
+    lambda x, turns: adjust_hue(x, turns * 2 * math.pi),  # HSV hue shift, factor in turns
+)
+
+
+def jitter_factors(strength: float, n: int, device: torch.device) -> Tensor:
+    """(4, n) per-sample factors of kornia's ColorJitter(s, s, s, s/4): brightness, contrast and
+    saturation ~ U[max(0, 1 - s), 1 + s], hue ~ U[-s/4, s/4] turns."""
+    low, high = max(0.0, 1 - strength), 1 + strength
+    scales = [_uniform(low, high, n, device) for _ in range(3)]
+    return torch.stack([*scales, _uniform(-strength / 4, strength / 4, n, device)])
+
+
+def color_jitter(x: Tensor, strength: float, order: list[int] | None = None) -> Tensor:
+    """kornia's ColorJitter(s, s, s, s/4, p=1) on float [0, 1] images, batched on the images' device.
+
+    As kornia: factors per sample, the four steps in ONE random order per call (`order`, indices into
+    brightness, contrast, saturation, hue), each step clamping to [0, 1]. The order is drawn on the CPU as
+    kornia does: Python sequences the steps, and a device draw would make the host wait to read it.
+    """
+    factors = jitter_factors(strength, x.shape[0], x.device)
+    for step in torch.randperm(4).tolist() if order is None else order:
+        x = _JITTER_STEPS[step](x, factors[step])
+    return x.clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------ boxes: cutout
+
+
+def _box_mask(boxes: tuple[Tensor, Tensor, Tensor, Tensor], h: int, w: int) -> Tensor:
+    """(B, 1, H, W) mask of the per-sample boxes (y0, y1, x0, x1), each (B,), ends exclusive."""
+    y0, y1, x0, x1 = (t.view(-1, 1, 1, 1) for t in boxes)
+    rows = torch.arange(h, device=y0.device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=y0.device).view(1, 1, 1, w)
+    return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+
+
+def centred_boxes(half_h: Tensor, half_w: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Boxes of half-sizes (B,) around a centre uniform over the pixels, clipped at the border.
+
+    The box rule of DeVries & Taylor's Cutout and of CutMix (timm): a box can hang over the border.
+    """
+    cy = torch.randint(0, h, half_h.shape, device=half_h.device)
+    cx = torch.randint(0, w, half_w.shape, device=half_w.device)
+    return (cy - half_h).clamp(0, h), (cy + half_h).clamp(0, h), (cx - half_w).clamp(0, w), (cx + half_w).clamp(0, w)
+
+
+def erasing_boxes(n: int, h: int, w: int, device: torch.device, scale: tuple[float, float] = (0.02, 0.33),
+                  ratio: tuple[float, float] = (0.3, 3.3)) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Boxes (y0, y1, x0, x1) of kornia's RandomErasing (RectangleEraseGenerator), per sample.
+
+    Area ~ U(scale) * H * W; aspect h/w from U(ratio[0], 1) or U(1, ratio[1]) with p=0.5 each; sides
+    rounded and clamped to [1, H] / [1, W]; top-left uniform over the positions that keep the box inside.
+    """
+    area = _uniform(*scale, n, device) * (h * w)
+    aspect = torch.where(torch.rand(n, device=device) < 0.5, _uniform(ratio[0], 1.0, n, device),
+                         _uniform(1.0, ratio[1], n, device))
+    box_h = (area * aspect).sqrt().round().clamp(1, h)
+    box_w = (area / aspect).sqrt().round().clamp(1, w)
+    y0 = (torch.rand(n, device=device) * (h - box_h + 1)).floor()
+    x0 = (torch.rand(n, device=device) * (w - box_w + 1)).floor()
+    return tuple(t.to(torch.int64) for t in (y0, y0 + box_h, x0, x0 + box_w))
+
+
+def cutout(x: Tensor, prob: float, size: int = 0) -> Tensor:
+    """Erase one box per sample to 0, each sample with probability `prob`.
+
+    size 0: kornia's RandomErasing(p=prob) boxes (`erasing_boxes`); size n: DeVries & Taylor 2017's
+    Cutout, an n x n square centred uniformly over the image and clipped at the border (n // 2 on each
+    side of the centre, as their code: an odd n erases n - 1).
+    """
+    b, _, h, w = x.shape
+    if size > 0:
+        half = torch.full((b,), size // 2, device=x.device)
+        boxes = centred_boxes(half, half, h, w)
+    else:
+        boxes = erasing_boxes(b, h, w, x.device)
+    erase = _box_mask(boxes, h, w) & (torch.rand(b, device=x.device) < prob).view(-1, 1, 1, 1)
+    return x.masked_fill(erase, 0)
+
+
+# --------------------------------------------------------------------------------------- mixing
+
+
 def _partner(t: Tensor) -> Tensor:
     # Batches are drawn in random order, so rolling by one pairs each sample with a random other one
     # (never itself when B > 1) without drawing a permutation. Images and targets must share this.
@@ -151,34 +283,58 @@ def _sample_beta(alpha: float, n: int, device: torch.device) -> Tensor:
     return torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
 
 
+def _cutmix_boxes(alpha: float, n: int, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """CutMix's pasted region (B, 1, H, W) and the exact fraction of own pixels lam (B,).
+
+    The box covers about 1 - lam0 of the image, lam0 ~ Beta(alpha, alpha) (timm's box rule); clipping at
+    the border shrinks it, so lam is recomputed from the clipped area.
+    """
+    cut = (1 - _sample_beta(alpha, n, device)).sqrt()
+    boxes = centred_boxes((cut * h).long() // 2, (cut * w).long() // 2, h, w)
+    y0, y1, x0, x1 = boxes
+    return _box_mask(boxes, h, w), 1 - ((y1 - y0) * (x1 - x0)).to(torch.float32) / (h * w)
+
+
 # MixUp and CutMix are our own batched ops, not kornia's: RandomMixUpV2 draws lambda from a Uniform
 # range, not Beta(a, a), and RandomCutMixV2 pastes with one boolean-mask copy per mix and returns
-# (y, y_perm, lam) rows we would have to re-derive anyway. Both here use one lambda per sample.
+# (y, y_perm, lam) rows we would have to re-derive anyway.
+def mix(x: Tensor, targets: Tensor, mixup_alpha: float, cutmix_alpha: float,
+        prob: float = 1.0) -> tuple[Tensor, Tensor]:
+    """MixUp (Zhang et al. 2018) and/or CutMix (Yun et al. 2019) with the partner, decided per sample.
+
+    Each sample mixes with probability `prob` (else lam = 1: image and target untouched); a mixing sample
+    uses CutMix or MixUp with p=0.5 each when both alphas are > 0. MixUp: lam ~ Beta(a, a) and
+    lam * x + (1 - lam) * partner; CutMix: see `_cutmix_boxes`. Targets mix with the same lam.
+    """
+    b, _, h, w = x.shape
+    partner = _partner(x)  # the unmixed partner, which `mixed_targets` assumes
+    mixing = torch.rand(b, device=x.device) < prob
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        pasting = mixing & (torch.rand(b, device=x.device) < 0.5)
+    else:
+        pasting = mixing if cutmix_alpha > 0 else torch.zeros_like(mixing)
+    lam = torch.ones(b, device=x.device)
+    if mixup_alpha > 0:
+        lam = torch.where(mixing & ~pasting, _sample_beta(mixup_alpha, b, x.device), lam)
+        lam_x = lam.view(-1, 1, 1, 1).to(x.dtype)
+        out = lam_x * x + (1 - lam_x) * partner  # lam = 1 leaves a sample exactly as it was
+    else:
+        out = x
+    if cutmix_alpha > 0:
+        region, lam_box = _cutmix_boxes(cutmix_alpha, b, h, w, x.device)
+        out = torch.where(region & pasting.view(-1, 1, 1, 1), partner, out)
+        lam = torch.where(pasting, lam_box, lam)
+    return out, mixed_targets(targets, lam)
+
+
 def mixup(x: Tensor, targets: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    """MixUp with lam ~ Beta(alpha, alpha) per sample: lam * x + (1 - lam) * partner."""
-    lam = _sample_beta(alpha, x.shape[0], x.device)
-    lam_x = lam.view(-1, 1, 1, 1).to(x.dtype)
-    return lam_x * x + (1 - lam_x) * _partner(x), mixed_targets(targets, lam)
+    """MixUp on every sample, lam ~ Beta(alpha, alpha) per sample."""
+    return mix(x, targets, mixup_alpha=alpha, cutmix_alpha=0.0)
 
 
 def cutmix(x: Tensor, targets: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    """CutMix: paste a box of the partner into each sample, one box per sample (timm's box rule).
-
-    The box covers about 1 - lam0 of the image, lam0 ~ Beta(alpha, alpha); it is clipped at the border,
-    so the targets use lam recomputed from the clipped area: the exact fraction of own pixels.
-    """
-    b, _, h, w = x.shape
-    cut = (1 - _sample_beta(alpha, b, x.device)).sqrt()
-    half_h, half_w = (cut * h).long() // 2, (cut * w).long() // 2
-    cy, cx = torch.randint(0, h, (b,), device=x.device), torch.randint(0, w, (b,), device=x.device)
-    y0, y1 = (cy - half_h).clamp(0, h), (cy + half_h).clamp(0, h)
-    x0, x1 = (cx - half_w).clamp(0, w), (cx + half_w).clamp(0, w)
-    rows = torch.arange(h, device=x.device).view(1, h, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = ((rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1))
-              & (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1)))
-    lam = 1 - ((y1 - y0) * (x1 - x0)).to(torch.float32) / (h * w)
-    return torch.where(inside.unsqueeze(1), _partner(x), x), mixed_targets(targets, lam)
+    """CutMix on every sample: one box of the partner pasted per sample."""
+    return mix(x, targets, mixup_alpha=0.0, cutmix_alpha=alpha)
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -188,32 +344,32 @@ class GpuAugment(nn.Module):
     """uint8 (B, 3, H, W) images and int64 (B,) labels -> float32 [0, 1] images and (B, C) soft targets.
 
     Train time only, on whatever device the batch is on. No normalization (see `Preprocess`).
+    Order: crop, flip, policy (on uint8), to_float, colour jitter, cutout, mix.
     """
 
     def __init__(self, cfg: AugmentConfig, num_classes: int):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        s = cfg.color_jitter
-        # Kornia draws these parameters on the CPU as (B,) tensors and moves them over once per batch.
-        self.jitter = K.ColorJitter(s, s, s, s / 4, p=1.0) if s > 0 else None
-        self.erase = K.RandomErasing(p=cfg.cutout) if cfg.cutout > 0 else None
-        self.mixes = [(fn, a) for fn, a in ((mixup, cfg.mixup), (cutmix, cfg.cutmix)) if a > 0]
+        self.policy = _POLICIES[cfg.policy]
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        x = random_crop(x, self.cfg.crop_padding)  # geometry on uint8: a quarter of float32's bytes
-        if self.cfg.flip:
+        cfg = self.cfg
+        x = random_crop(x, cfg.crop_padding)  # geometry on uint8: a quarter of float32's bytes
+        if cfg.flip:
             x = random_flip(x)
+        if self.policy is not None:
+            # On uint8, where torchvision defines TrivialAugmentWide (8-bit posterize and equalize, blends
+            # truncated to uint8): each op matches torchvision's exactly, and moves a quarter of the bytes.
+            x = self.policy(x)
         x = to_float(x)
-        for op in (self.jitter, self.erase):
-            if op is not None:
-                x = op(x)
+        if cfg.color_jitter > 0:
+            x = color_jitter(x, cfg.color_jitter)
+        if cfg.cutout > 0:
+            x = cutout(x, cfg.cutout, cfg.cutout_size)
         targets = F.one_hot(y, self.num_classes).to(torch.float32)
-        if self.mixes:
-            # The choice is drawn on the CPU: Python needs its value, and a GPU draw would sync.
-            pick = int(torch.randint(len(self.mixes), ())) if len(self.mixes) > 1 else 0
-            fn, alpha = self.mixes[pick]
-            x, targets = fn(x, targets, alpha)
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            x, targets = mix(x, targets, cfg.mixup, cfg.cutmix, cfg.mix_prob)
         return x, targets
 
 
