@@ -2,7 +2,7 @@
 
 `distill bench` times the project's own code paths on synthetic data (no data set needed):
 
-- train: `distill.train.train_step` on a Loop built by `distill.run.make_loop` (method none, default
+- train: `distill.train.train_step` on a Loop built by `distill.build.make_loop` (method none, default
   augmentation, EMA), exactly what `distill teach` / `distill student --no-teacher` run per batch;
 - infer: `distill.train.predict` (eval mode, autocast) under `torch.inference_mode`;
 - distill: the student's `train_step` with a randomly initialised teacher built like a loaded one
@@ -74,7 +74,7 @@ def resolve_options(archs: list[str] | None, modes: list[str] | None, batch_size
     """Check every value before anything runs (a typo in the last --arch must not cost minutes),
     then fill the device-dependent defaults."""
     from distill.models import family_of
-    from distill.run import resolve_device
+    from distill.build import resolve_device
 
     archs, modes = list(archs or ["resnet50"]), list(dict.fromkeys(modes or ["train"]))
     for arch in [*archs, teacher_arch]:
@@ -134,7 +134,7 @@ def free_memory() -> None:
 
 
 def device_label(device: torch.device) -> str:
-    from distill.run import device_name
+    from distill.build import device_name
 
     return device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
@@ -155,7 +155,7 @@ def run_config(opts: BenchOptions, arch: str, distill: bool) -> C.TrainConfig:
 
     common = dict(arch=arch, batch_size=opts.batch_size, precision=opts.precision, channels_last=opts.channels_last,
                   compile=opts.compile, compile_mode=opts.compile_mode, device=str(opts.device), epochs=1, val_size=0)
-    if distill:  # make_loop only checks that a teacher is named; the model itself is attached below
+    if distill:  # the method only checks that a teacher is named; bench_loop passes the model itself
         cfg = C.StudentConfig(**common, teacher=RANDOM_TEACHER, method="kd", compile_teacher=opts.compile)
     elif family_of(arch) == "teacher":
         cfg = C.TeachConfig(**common)
@@ -176,28 +176,25 @@ def random_teacher(opts: BenchOptions, stats: tuple[list[float], list[float]]):
     from distill.train import TeacherModel
 
     spec = make_spec(opts.teacher_arch, NUM_CLASSES, IMAGE_SIZE)
+    torch.manual_seed(1)  # the same random teacher in every call
     ck = {"spec": spec, "model": build_model(spec).state_dict(), "normalization": {"mean": stats[0], "std": stats[1]}}
     return TeacherModel(*model_from_checkpoint(ck, RANDOM_TEACHER, opts.device, opts.channels_last))
 
 
 def bench_loop(opts: BenchOptions, arch: str, distill: bool):
-    """A Loop over one batch of synthetic data, set up like `distill.run.build_run` sets up a run."""
+    """A Loop over one batch of synthetic data, built by `distill.build.make_loop` and compiled by
+    `compile_models` exactly as a run's is."""
     from distill.data import Splits, channel_stats
-    from distill.models import build_model, make_spec
-    from distill.run import compile_models, configure_backends, make_loop
+    from distill.build import compile_models, configure_backends, make_loop
 
     cfg = run_config(opts, arch, distill)
     configure_backends(cfg, opts.device)
-    torch.manual_seed(0)
     x, y = synthetic_images(opts.batch_size)
     splits = Splits(x, y, x[:0], y[:0], x[:0], y[:0], [str(c) for c in range(NUM_CLASSES)])
-    stats = channel_stats(x)
-    spec = make_spec(arch, NUM_CLASSES, IMAGE_SIZE)
-    model = build_model(spec).to(opts.device, memory_format=memory_format(opts.channels_last))
-    loop = make_loop(cfg, model, spec, "none", splits, opts.device, opts.channels_last, stats)
-    if distill:
-        loop.teacher = random_teacher(opts, stats)
-    compile_models(loop, cfg)  # after make_loop, as in build_run: the EMA copies the uncompiled model
+    mean, std = channel_stats(x)
+    teacher = random_teacher(opts, (mean, std)) if distill else None
+    loop = make_loop([cfg], [arch], splits, opts.device, [{"mean": mean, "std": std}], teacher, fresh=[True])
+    compile_models(loop, [cfg])  # after the EMA copied the plain model, as in a run
     return loop
 
 
@@ -207,7 +204,6 @@ def time_train_steps(opts: BenchOptions, loop) -> tuple[float, float]:
 
     idx = torch.randperm(len(loop.train_x), device=loop.device)[:loop.batch_size]
     total = opts.warmup + opts.steps
-    loop.model.train()
     return median_step_seconds(lambda i: train_step(loop, loop.train_x[idx], loop.train_y[idx], i / total),
                                opts.device, opts.warmup, opts.steps)
 
@@ -243,19 +239,20 @@ def result_row(opts: BenchOptions, arch: str, mode: str, timing: tuple[float, fl
 
 def bench_train(opts: BenchOptions, arch: str) -> list[dict]:
     loop = bench_loop(opts, arch, distill=False)
-    return [result_row(opts, arch, "train", time_train_steps(opts, loop), loop.model)]
+    return [result_row(opts, arch, "train", time_train_steps(opts, loop), loop.learners[0].model)]
 
 
 def bench_infer(opts: BenchOptions, arch: str) -> list[dict]:
     loop = bench_loop(opts, arch, distill=False)  # the same model, preprocessing and autocast as training
-    timing = time_forward(opts, loop.model, loop.preprocess, loop.amp_dtype)
-    return [result_row(opts, arch, "infer", timing, loop.model)]
+    learner = loop.learners[0]
+    timing = time_forward(opts, learner.model, learner.preprocess, loop.amp_dtype)
+    return [result_row(opts, arch, "infer", timing, learner.model)]
 
 
 def bench_distill(opts: BenchOptions, arch: str, with_teacher_forward: bool) -> list[dict]:
     loop = bench_loop(opts, arch, distill=True)
     teacher = {"teacher_arch": opts.teacher_arch}
-    rows = [result_row(opts, arch, "distill", time_train_steps(opts, loop), loop.model, **teacher)]
+    rows = [result_row(opts, arch, "distill", time_train_steps(opts, loop), loop.learners[0].model, **teacher)]
     if with_teacher_forward:  # what the teacher alone costs of each distillation step
         timing = time_forward(opts, loop.teacher.model, loop.teacher.preprocess, loop.amp_dtype)
         rows.append(result_row(opts, opts.teacher_arch, "teacher_forward", timing, loop.teacher.model, **teacher))

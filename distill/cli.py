@@ -52,13 +52,13 @@ def saved_config(cls, cli_values: dict) -> dict:
     if not cli_values.get("resume"):
         return {}
     cfg = cls(**{k: v for k, v in cli_values.items() if v is not None})
-    from distill.run import default_out
+    from distill.build import default_out
 
     path = Path(cfg.out or default_out(cfg)) / "config.json"
     if not path.is_file():
         return {}
     saved = json.loads(path.read_text())
-    names = {f.name for f in dataclasses.fields(cls)} - {"config", "resume", "force", "quiet"}
+    names = {f.name for f in dataclasses.fields(cls)} - set(C.NOT_COMPUTED)
     return {k: v for k, v in saved.items() if k in names}
 
 
@@ -115,7 +115,7 @@ def evaluate_command(
     """Test accuracy and per-class accuracy of a checkpoint."""
     from distill.evaluation import evaluate_checkpoint
     from distill.report import print_evaluation
-    from distill.run import resolve_device
+    from distill.build import resolve_device
 
     result = evaluate_checkpoint(checkpoint, data, limit_test, tta, resolve_device(device),
                                  Path(cache_dir) if cache_dir else None)

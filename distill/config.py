@@ -31,7 +31,7 @@ class TrainConfig:
     out: str | None = opt(None, "Run folder (default runs/cifar10/<role>-<arch>[-<method>]).")
     image_size: int = opt(32, "Side length images are decoded to and trained at.")
     resize: int | None = opt(None, "Upsample each batch to this size on the device before the model (pretrained teachers like 64-128).")
-    val_size: int = opt(5000, "Training images held out (fixed by --seed) to pick the best epoch; the test set never picks anything.")
+    val_size: int = opt(5000, "Training images held out (fixed by --seed) to pick the best epoch; 0 trains on every image and keeps the last epoch. The test set never picks anything.")
     limit_train: int | None = opt(None, "Train on a class-balanced subset of this many images (smoke runs, benchmarks).")
     limit_test: int | None = opt(None, "Evaluate on a class-balanced subset of this many test images.")
     arch: str = opt("resnet50", "Model architecture (see `distill models`).")
@@ -41,14 +41,14 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD momentum.")
     weight_decay: float = opt(5e-4, "L2 weight decay, not applied to BatchNorm or bias parameters.")
     warmup_epochs: float = opt(1.0, "Linear learning-rate warm-up length before the cosine decay to zero.")
-    label_smoothing: float = opt(0.1, "Label smoothing of the cross-entropy targets.")
+    label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy targets (students: of their CE term). Off by default: a label-smoothed teacher distils worse (Muller et al. 2019), and KD already gives students soft targets.")
     grad_clip: float = opt(0.0, "Clip the gradient norm to this value (0: off).")
-    ema_decay: float = opt(0.999, "Per-step decay of the weight EMA (0: off); EMA and raw weights compete on validation.")
+    ema_horizon: float = opt(0.05, "Weight EMA time constant as a fraction of the run's steps (0: off): per-step decay 1 - 1/(horizon x steps), so it averages the same share of any schedule. EMA and raw weights compete on validation; with --val-size 0 the EMA is kept.")
     augment: str = opt("default", "Augmentation: 'default' (crop+flip), 'none', or overrides like 'mixup=0.2,cutout=0.5,color_jitter=0.2'.")
     precision: str = opt("auto", "Training precision: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.", ("auto", "bf16", "fp32"))
     channels_last: bool | None = opt(None, "Use channels_last memory format (default: on for CUDA).")
-    compile: bool = opt(False, "torch.compile the model (minutes of compile time; pays off on long GPU runs).")
-    compile_mode: str = opt("default", "torch.compile mode for --compile and --compile-teacher: default, reduce-overhead (replays CUDA graphs: fewest kernel launches, more GPU memory) or max-autotune (longest compile).", ("default", "reduce-overhead", "max-autotune"))
+    compile: bool | None = opt(None, "torch.compile the model. Unset: on for single-process GPU runs of 2,500 steps or more, where the compile (about a minute cold, kept in the cache folder for the next run) pays off.")
+    compile_mode: str = opt("reduce-overhead", "torch.compile mode: reduce-overhead (replays CUDA graphs: fewest kernel launches, more GPU memory; the fastest measured), default, or max-autotune (longest compile).", ("reduce-overhead", "default", "max-autotune"))
     tta: bool = opt(False, "Average predictions over the image and its mirror at evaluation.")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
     seed: int = opt(0, "Seeds the split, the batch order and the augmentation.")
@@ -75,12 +75,15 @@ class TrainConfig:
                 raise UserError(f"--{dash(name)} must be at least 1 (got {value})")
         if self.val_size < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
             raise UserError("--val-size, --weight-decay, --grad-clip and --warmup-epochs cannot be negative")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema_decay < 1:
-            raise UserError("--label-smoothing and --ema-decay must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema_horizon <= 1:
+            raise UserError("--label-smoothing must be in [0, 1) and --ema-horizon in [0, 1]")
         if self.resume and self.force:
             raise UserError("--resume and --force contradict each other: choose one")
         check_choice("precision", self.precision)
         check_choice("compile_mode", self.compile_mode)
+        from distill.augment import parse_augment
+
+        parse_augment(self.augment)  # a bad --augment fails now, not after the data set is decoded
 
 
 @dataclass
@@ -106,7 +109,7 @@ class StudentConfig(TrainConfig):
     alpha: float | None = opt(None, "Weight of the DISTILLATION term (kd: loss = (1-alpha)*CE + alpha*T^2*KL, default 0.9; dkd: TCKD weight, default 1.0). Some toolkits weight CE instead.")
     beta: float | None = opt(None, "DKD only: weight of the non-target-class term NCKD (default 8.0).")
     kd_warmup_epochs: float = opt(20.0, "DKD only: epochs over which the distillation weight ramps up linearly.")
-    compile_teacher: bool = opt(False, "torch.compile the teacher's forward pass (inference at one batch shape: with --compile-mode reduce-overhead it replays as a CUDA graph).")
+    compile_teacher: bool | None = opt(None, "torch.compile the teacher's forward pass (one batch shape: under reduce-overhead one CUDA graph). Unset: as the student is compiled.")
     any_teacher: bool = opt(False, "Allow a student or baseline checkpoint as --teacher (any trained model can teach).")
 
     @property
@@ -125,6 +128,10 @@ class StudentConfig(TrainConfig):
             raise UserError(f"--temperature must be positive (got {self.temperature})")
         if self.alpha is not None and not 0 <= self.alpha <= 1 and self.effective_method == "kd":
             raise UserError(f"--alpha must be in [0, 1] (got {self.alpha})")
+
+
+# Options that change nothing a run computes: never compared on resume, never shown as hyperparameters.
+NOT_COMPUTED = ("config", "quiet", "resume", "force")
 
 
 def dash(name: str) -> str:

@@ -1,13 +1,15 @@
 """`distill pipeline`: a whole experiment from one TOML file: teacher, students, baselines, comparison.
 
     baselines = true        # optional (default true): one --no-teacher run per distinct student arch
+    train_together = true   # optional (default true): students and baselines that share their batches
+                            # train in one loop, with one teacher forward per batch for all of them
     [common]                # optional: options for every stage (keys shared by teach and student)
     [teacher]               # `distill teach` options
     [[students]]            # `distill student` options, one table per student: arch, method (default kd)
 
 Every stage is an ordinary run folder inside the pipeline's out folder, so rerunning the same command
 continues an interrupted pipeline: finished stages (metrics.json) are skipped, a stage with last.pt
-is resumed, anything else starts over.
+is resumed, anything else starts over. Stages trained together stay one run folder each.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from distill import config as C
 from distill.checkpoint import write_text_atomic
 from distill.compare import compare, minutes, print_comparison
 from distill.errors import UserError
-from distill.run import default_out, train_run
+from distill.checkpoint import load_checkpoint
+from distill.build import GROUP_SHARED, default_out
+from distill.run import train_group
 
-TOP_KEYS = ("baselines", "common", "students", "teacher")
+TOP_KEYS = ("baselines", "common", "students", "teacher", "train_together")
 MANAGED = {"config", "out", "resume", "force"}  # set per stage by the pipeline, never by the file
 STUDENT_MANAGED = MANAGED | {"teacher", "no_teacher"}  # the teacher is the teacher stage's best.pt
 KD_ONLY = ("method", "temperature", "alpha", "beta", "kd_warmup_epochs", "any_teacher")
-IGNORED = {"config", "resume", "force", "quiet"}  # options that do not change what a run computes
 SHARED = {f.name for f in dataclasses.fields(C.TrainConfig)}  # valid for a teacher and a student alike
 ROLE_TABLES = ((C.TeachConfig, "[teacher]"), (C.StudentConfig, "[[students]]"))
 
@@ -50,6 +53,7 @@ class Pipeline:
     source: Path
     out: Path
     stages: list[Stage]
+    train_together: bool = True
 
 
 def check_table(table: object, source: str, managed: set[str]) -> dict:
@@ -115,8 +119,9 @@ def check_top(raw: dict, source: str) -> None:
         raise UserError(f"{source}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(TOP_KEYS)}")
     if "teacher" not in raw:
         raise UserError(f"{source}: no [teacher] table: add one with the teacher's options, e.g. arch = \"resnet50\"")
-    if not isinstance(raw.get("baselines", True), bool):
-        raise UserError(f"{source}: 'baselines' must be true or false, got {raw['baselines']!r}")
+    for key in ("baselines", "train_together"):
+        if not isinstance(raw.get(key, True), bool):
+            raise UserError(f"{source}: '{key}' must be true or false, got {raw[key]!r}")
 
 
 def teacher_table(raw: dict, source: str) -> dict:
@@ -148,7 +153,7 @@ def load_pipeline(path: Path, overrides: dict, out: str | None = None) -> Pipeli
         stages += [make_stage(C.StudentConfig, common | b | overrides, f"{source} baseline of {b['arch']}")
                    for b in baseline_tables(students)]
     check_unique(stages, out_dir, source)
-    return Pipeline(path, out_dir, stages)
+    return Pipeline(path, out_dir, stages, raw.get("train_together", True))
 
 
 def stage_status(folder: Path) -> str:
@@ -162,52 +167,105 @@ def changed_settings(stage: Stage, out: Path) -> list[str]:
     path = out / stage.name / "config.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     planned = C.to_dict(stage.config(out))
-    return [k for k, v in planned.items() if k not in IGNORED and k in saved and saved[k] != v]
+    return [k for k, v in planned.items() if k not in C.NOT_COMPUTED and k in saved and saved[k] != v]
 
 
-def run_stage(stage: Stage, out: Path, console: Console) -> dict:
+def skip(stage: Stage, out: Path, console: Console) -> dict:
+    changed = changed_settings(stage, out)
+    note = f"; it was run with other {', '.join(changed)}: delete {out / stage.name} to rerun it" if changed else ""
+    console.print(f"skip {stage.name} (finished{note})")
+    return {"name": stage.name, "status": "skipped", "wall_seconds": 0.0}
+
+
+def stage_config(stage: Stage, out: Path) -> C.TrainConfig:
+    """Resume a stage with last.pt; start any other over (config.json without last.pt: stopped before its
+    first checkpoint, nothing worth keeping)."""
     folder = out / stage.name
-    status = stage_status(folder)
-    record = {"name": stage.name, "status": status, "wall_seconds": 0.0}
-    if status == "skipped":
-        changed = changed_settings(stage, out)
-        note = f"; it was run with other {', '.join(changed)}: delete {folder} to rerun it" if changed else ""
-        console.print(f"skip {stage.name} (finished{note})")
-        return record
-    # config.json without last.pt: stopped before the first checkpoint, nothing worth keeping: start over.
-    flags = {"resume": True} if status == "resumed" else {"force": (folder / "config.json").is_file()}
-    console.print(f"{'resume' if status == 'resumed' else 'start'} {stage.name}")
+    if stage_status(folder) == "resumed":
+        return stage.config(out, resume=True)
+    return stage.config(out, force=(folder / "config.json").is_file())
+
+
+def train_stages(stages: list[Stage], out: Path, console: Console) -> list[dict]:
+    """Train stages (one, or several together) and return a record per stage."""
+    statuses = [stage_status(out / s.name) for s in stages]
+    names = ", ".join(s.name for s in stages)
+    verb = "resume" if statuses[0] == "resumed" else "start"
+    console.print(f"{verb} {names}" + (" together (one augmented batch and one teacher forward per step)"
+                                        if len(stages) > 1 else ""))
     started = time.perf_counter()
     try:
-        metrics = train_run(stage.config(out, **flags))
+        metrics = train_group([stage_config(s, out) for s in stages])
     except UserError as err:
         if err.exit_code == 2:
             raise
         raise UserError(f"{err}; or rerun this distill pipeline command: finished stages are skipped",
                         err.exit_code) from None
-    return record | {"wall_seconds": time.perf_counter() - started, "test_accuracy": metrics.get("test_accuracy")}
+    seconds = time.perf_counter() - started
+    together = {"trained_together": [s.name for s in stages]} if len(stages) > 1 else {}
+    return [{"name": s.name, "status": status, "wall_seconds": seconds, "test_accuracy": m.get("test_accuracy"),
+             **together} for s, status, m in zip(stages, statuses, metrics)]
+
+
+def run_stage(stage: Stage, out: Path, console: Console) -> dict:
+    """One stage alone: skipped when finished, else trained."""
+    if stage_status(out / stage.name) == "skipped":
+        return skip(stage, out, console)
+    return train_stages([stage], out, console)[0]
+
+
+def position(stage: Stage, out: Path) -> tuple[int, int]:
+    """(epoch, step) a stage continues from: a group's runs must all stand at the same step."""
+    folder = out / stage.name
+    if stage_status(folder) != "resumed":
+        return (0, 0)
+    ck = load_checkpoint(folder / "last.pt")
+    return ck["epoch"], ck.get("step_in_epoch", 0)
+
+
+def plan_groups(pipe: Pipeline) -> list[list[Stage]]:
+    """The teacher alone, then students and baselines that share their batches (GROUP_SHARED) and stand at
+    the same step together; finished stages alone (they are skipped)."""
+    teacher, rest = pipe.stages[0], pipe.stages[1:]
+    groups: dict[tuple, list[Stage]] = {}
+    for i, stage in enumerate(rest):
+        if not pipe.train_together or stage_status(pipe.out / stage.name) == "skipped":
+            groups[("alone", i)] = [stage]
+            continue
+        cfg = C.to_dict(stage.config(pipe.out))
+        key = tuple(repr(cfg[k]) for k in GROUP_SHARED) + position(stage, pipe.out)
+        groups.setdefault(key, []).append(stage)
+    return [[teacher], *groups.values()]
 
 
 def write_report(pipe: Pipeline, records: list[dict], started: float, finished: bool) -> float:
     total = time.perf_counter() - started
-    report = {"config": str(pipe.source), "out": str(pipe.out), "finished": finished, "stages": records,
-              "total_seconds": total}
+    order = {stage.name: i for i, stage in enumerate(pipe.stages)}  # groups may finish out of file order
+    report = {"config": str(pipe.source), "out": str(pipe.out), "finished": finished,
+              "stages": sorted(records, key=lambda r: order[r["name"]]), "total_seconds": total}
     write_text_atomic(json.dumps(report, indent=2), pipe.out / "pipeline.json")
     return total
 
 
 def run_pipeline(pipe: Pipeline) -> dict:
-    """Every stage in order, then the comparison; pipeline.json is rewritten after each stage."""
+    """Every stage in order (groups together), then the comparison; pipeline.json is rewritten after each."""
     console = Console(highlight=False)
     started = time.perf_counter()
     pipe.out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
-    for i, stage in enumerate(pipe.stages, start=1):
-        console.rule(f"stage {i}/{len(pipe.stages)}: {stage.name}")
-        records.append(run_stage(stage, pipe.out, console))
+    done, total = 0, len(pipe.stages)
+    for group in plan_groups(pipe):
+        first = done + 1
+        done += len(group)
+        console.rule(f"stage{'s' if len(group) > 1 else ''} {first}{f'-{done}' if len(group) > 1 else ''}/{total}: "
+                     f"{', '.join(s.name for s in group)}")
+        if len(group) == 1:
+            records.append(run_stage(group[0], pipe.out, console))
+        else:
+            records += train_stages(group, pipe.out, console)
         write_report(pipe, records, started, finished=False)
     result = compare(pipe.out)
     print_comparison(result)
-    total = write_report(pipe, records, started, finished=True)
-    console.print(f"pipeline finished in {minutes(total)} ({pipe.out / 'pipeline.json'})")
+    total_seconds = write_report(pipe, records, started, finished=True)
+    console.print(f"pipeline finished in {minutes(total_seconds)} ({pipe.out / 'pipeline.json'})")
     return result

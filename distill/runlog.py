@@ -22,14 +22,16 @@ CUSTOM_LAYOUT = {
 
 
 class RunLogger:
-    def __init__(self, out, name: str, epochs: int, quiet: bool, purge_step: int | None, enabled: bool = True):
+    def __init__(self, out, name: str, epochs: int, quiet: bool, purge_step: int | None, enabled: bool = True,
+                 live: bool = True):
         self.enabled = enabled  # False on ranks other than 0: one writer per run
         self.name, self.epochs, self.quiet = name, epochs, quiet
         self.console = Console(stderr=False, highlight=False)
         self.writer = SummaryWriter(str(out), purge_step=purge_step) if enabled else None
         if self.writer is not None and purge_step in (None, 0):
             self.writer.add_custom_scalars(CUSTOM_LAYOUT)
-        live = enabled and not quiet and sys.stdout.isatty()
+        # `live`: this logger may draw the progress bar (a group of runs shows one, its first run's).
+        live = live and enabled and not quiet and sys.stdout.isatty()
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), console=self.console, transient=True) if live else None
         self.task = None

@@ -30,7 +30,9 @@ def use_cifar_stem(model: nn.Module) -> None:
 def build_torchvision(arch: str, num_classes: int = 10, stem: str = "cifar", weights: str = "none") -> nn.Module:
     if stem not in STEMS:
         raise UserError(f"unknown stem '{stem}': choose one of {', '.join(STEMS)}")
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    # zero_init_residual: each block starts as the identity (its last BatchNorm scale is 0), which makes a deep
+    # network train like a shallow one early on (Goyal et al. 2017); pretrained weights overwrite it.
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, zero_init_residual=True)
     if stem == "cifar":
         use_cifar_stem(model)
     state = pretrained_state_dict(arch, weights)

@@ -70,7 +70,7 @@ def test_bad_data(cli, tiny_data, guarded_out, kind):
     ("--limit-train", "1000", "1000"),
     ("--limit-test", "999", "999"),
     ("--precision", "fp8", "bf16, fp32"),
-    ("--compile-mode", "fast", "default, reduce-overhead, max-autotune"),
+    ("--compile-mode", "fast", "reduce-overhead, default, max-autotune"),
     ("--augment", "mixup=lots", "mixup"),
     ("--device", "tpu", "cpu"),
 ])

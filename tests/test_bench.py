@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from distill import bench, gpu_report
+from distill import gpu_report
 from distill.errors import UserError
 
 TINY = ("--device", "cpu", "--arch", "resnet8", "--batch-size", "4", "--warmup", "0", "--steps", "1")
@@ -60,7 +61,7 @@ def test_table_output(cli):
     (("--teacher-arch", "vgg"), "resnet50"),
     (("--mode", "eval"), "train, infer, distill"),
     (("--precision", "fp16"), "bf16, fp32"),
-    (("--compile-mode", "fast"), "default, reduce-overhead, max-autotune"),
+    (("--compile-mode", "fast"), "reduce-overhead, default, max-autotune"),
     (("--batch-size", "0"), "at least 1"),
     (("--steps", "0"), "at least 1"),
     (("--warmup", "-1"), "at least 0"),
@@ -119,7 +120,9 @@ def test_summarize_writes_every_required_key(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no git checkout here: the commit comes from GIT_COMMIT
     monkeypatch.setenv("GIT_COMMIT", "abc123")
     gpu_report.main(["summarize", "--out", str(out), "--runs", str(runs), "--pipeline-seconds", "215", "--pipeline-rc", "0"])
-    summary = json.loads((out / "gpu_results.json").read_text())
+    [written] = [p for p in out.iterdir() if p.name.startswith("h100-")]  # <card>-<date>.json
+    assert re.fullmatch(r"h100-\d{4}-\d\d-\d\d\.json", written.name)
+    summary = json.loads(written.read_text())
     assert SUMMARY_KEYS <= summary.keys() and "bench_rows" not in json.loads(capsys.readouterr().out)
     assert summary["commit"] == "abc123" and summary["matmul_tflops"] == 650.0
     assert summary["teacher_train_images_per_second"] == 9000.0 and summary["reference_images_per_second"] == 3000.0
@@ -128,7 +131,7 @@ def test_summarize_writes_every_required_key(tmp_path, monkeypatch, capsys):
     assert summary["test_accuracy"] == {"teacher-resnet50": 0.95, "student-resnet20-kd": 0.92}
     teacher = summary["stages"]["teacher-resnet50"]
     assert teacher["epochs"] == 30 and teacher["images_per_second"] == 1e4 and teacher["stage_wall_seconds"] == 120.0
-    assert summary["missing"] == ["compare"]
+    assert summary["missing"] == ["augment", "compare"]
 
 
 def test_summarize_merges_a_second_call_and_keeps_compiled_rows_apart(tmp_path):
@@ -149,7 +152,7 @@ def test_summarize_merges_a_second_call_and_keeps_compiled_rows_apart(tmp_path):
                                            "warmup_seconds": 95.0}}
     # `out` comes first: its reference is the headline, and its 8-worker ratio is not replaced by the other's
     assert summary["reference_ratio"] == 3.0 and summary["reference_ratio_by_workers"] == {"8": 3.0, "2": 6.0}
-    assert summary["test_accuracy"]["teacher-resnet50"] == 0.95 and summary["missing"] == ["compare"]
+    assert summary["test_accuracy"]["teacher-resnet50"] == 0.95 and summary["missing"] == ["augment", "compare"]
 
 
 def test_summarize_tolerates_a_run_cut_short(tmp_path):

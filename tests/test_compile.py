@@ -22,14 +22,14 @@ def tiny_loop(compile: bool, mode: str = "default"):
 
 def one_step(loop) -> tuple[float, torch.Tensor]:
     torch.manual_seed(3)  # the same augmentation draws for both loops
-    loss, _ = train_step(loop, loop.train_x[:4], loop.train_y[:4], progress=0.0)
-    return loss.item(), next(unwrap(loop.model).parameters()).detach().clone()
+    [(loss, _)] = train_step(loop, loop.train_x[:4], loop.train_y[:4], progress=0.0)
+    return loss.item(), next(unwrap(loop.learners[0].model).parameters()).detach().clone()
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compiled_teacher_and_student_take_the_same_step(mode):
     plain, compiled = tiny_loop(False), tiny_loop(True, mode)
-    assert isinstance(compiled.teacher.model, OptimizedModule) and isinstance(compiled.model, OptimizedModule)
+    assert isinstance(compiled.teacher.model, OptimizedModule) and isinstance(compiled.learners[0].model, OptimizedModule)
     assert not isinstance(unwrap(compiled.teacher.model), OptimizedModule)
     (loss_a, weights_a), (loss_b, weights_b) = one_step(plain), one_step(compiled)
     assert loss_b == pytest.approx(loss_a, rel=1e-4)  # the KD loss needs the teacher's logits: they match

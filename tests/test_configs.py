@@ -37,3 +37,17 @@ def test_student_configs_validate(path):
     baseline = path.stem.endswith("_baseline")
     cfg = C.resolve(C.StudentConfig, {"config": str(path), "teacher": None if baseline else "teacher.pt"})
     assert cfg.effective_method == ("none" if baseline else path.stem.split("_")[-1])
+
+
+def test_the_headline_pipeline_trains_its_teacher_then_all_four_students_together(tmp_path):
+    from distill.pipeline import plan_groups
+
+    pipe = load_pipeline(CONFIGS / "pipeline" / "cifar10.toml", {"data": "d"}, str(tmp_path / "out"))
+    cfgs = [stage.config(pipe.out) for stage in pipe.stages]
+    teacher, students = cfgs[0], cfgs[1:]
+    assert (teacher.arch, teacher.stem, teacher.weights, teacher.augment) == ("resnet50", "cifar", "none", "strong")
+    assert sorted((c.arch, c.effective_method) for c in students) == [
+        ("resnet20", "kd"), ("resnet20", "none"), ("resnet8x4", "kd"), ("resnet8x4", "none")]
+    assert all(c.val_size == 0 and c.label_smoothing == 0 for c in cfgs)  # all 50,000 images; plain CE
+    assert [[s.name for s in group] for group in plan_groups(pipe)] == [
+        ["teacher-resnet50"], ["student-resnet20-kd", "student-resnet8x4-kd", "baseline-resnet20", "baseline-resnet8x4"]]

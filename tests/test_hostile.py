@@ -179,7 +179,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cli, tiny_data
     out = tmp_path / "run"
 
     def explode(loop):  # a learning rate no network survives: the weights overflow within a step or two
-        for group in loop.optimizer.param_groups:
+        for group in loop.learners[0].optimizer.param_groups:
             group["lr"] = 1e30
 
     result, files = fail_in_epoch_2(monkeypatch, cli, tiny_data, out, explode)

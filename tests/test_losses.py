@@ -191,3 +191,14 @@ def test_bf16_autocast_computes_in_float32(name):
         loss = total(name, s.bfloat16(), t.bfloat16(), y, progress=5.0)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, reference, rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(("name", "ce_weight", "kw"), [("kd", 1 - 0.9, {"alpha": 0.9}), ("dkd", 1.0, {})])
+def test_the_students_ce_term_honours_the_configured_label_smoothing(name, ce_weight, kw):
+    """The KD term is unchanged and the CE term is exactly F.cross_entropy with that smoothing."""
+    s, t, labels = logits(), logits(), torch.randint(C, (B,))
+    plain = total(name, s, t, one_hot(labels), **kw)
+    smoothed, parts = METHODS.create(name, label_smoothing=0.2, **kw)(s, t, one_hot(labels), 100.0)
+    torch.testing.assert_close(parts["ce"], F.cross_entropy(s, labels, label_smoothing=0.2))
+    expected = plain + ce_weight * (F.cross_entropy(s, labels, label_smoothing=0.2) - F.cross_entropy(s, labels))
+    torch.testing.assert_close(smoothed, expected)

@@ -7,15 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import distill.pipeline as pipeline_mod
-import distill.train as train_mod
 from conftest import write_image_tree
-from distill.augment import GpuAugment
 from distill.cli import main
 from distill.errors import UserError
 from distill.pipeline import load_pipeline
@@ -50,33 +47,21 @@ temperature = 2.0
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> dict:
-    """One pipeline run shared by the tests below; it records each stage's batches as it trains."""
+    """One pipeline run shared by the tests below; it records which stages each training call got."""
     root = tmp_path_factory.mktemp("pipeline")
     config = write_config(root / "tiny.toml", write_image_tree(root / "data"), root / "cache")
-    batches: dict[str, list] = {}
-    stage = [""]
-    real_run, real_step, real_augment = pipeline_mod.train_run, train_mod.train_step, GpuAugment.forward
+    calls: list[list[str]] = []
+    real_group = pipeline_mod.train_group
 
-    def named_run(cfg):
-        stage[0] = Path(cfg.out).name
-        return real_run(cfg)
-
-    def recorded_step(loop, x_u8, y, progress):
-        batches.setdefault(stage[0], []).append(("batch", x_u8.clone(), y.clone()))
-        return real_step(loop, x_u8, y, progress)
-
-    def recorded_augment(self, x, y):
-        out = real_augment(self, x, y)
-        batches.setdefault(stage[0], []).append(("augmented", out[0].clone(), out[1].clone()))
-        return out
+    def recorded_group(cfgs):
+        calls.append([Path(cfg.out).name for cfg in cfgs])
+        return real_group(cfgs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # a relative --out, so the resume test can rerun a copy from another folder
-        mp.setattr(pipeline_mod, "train_run", named_run)
-        mp.setattr(train_mod, "train_step", recorded_step)
-        mp.setattr(GpuAugment, "forward", recorded_augment)
+        mp.setattr(pipeline_mod, "train_group", recorded_group)
         main(["pipeline", "--config", str(config), "--out", "exp", "--quiet"])
-    return {"root": root, "out": root / "exp", "config": config, "batches": batches}
+    return {"root": root, "out": root / "exp", "config": config, "calls": calls}
 
 
 def accumulator(folder: Path) -> EventAccumulator:
@@ -109,11 +94,13 @@ def test_compare_json_lists_every_run_and_draws_the_chart(experiment, cli):
     assert images == ["compare/accuracy_vs_params"]
 
 
-def test_baseline_and_kd_student_see_identical_batches(experiment):
-    kd, baseline = experiment["batches"]["student-resnet8-kd"], experiment["batches"]["baseline-resnet8"]
-    assert len(kd) == len(baseline) == 2 * 4 * 2  # 2 epochs x 4 steps x (batch, augmented batch)
-    for (kind_a, x_a, y_a), (kind_b, x_b, y_b) in zip(kd, baseline):
-        assert kind_a == kind_b and torch.equal(x_a, x_b) and torch.equal(y_a, y_b)
+def test_the_student_and_its_baseline_train_together_after_the_teacher(experiment):
+    assert experiment["calls"] == [["teacher-resnet8"], ["student-resnet8-kd", "baseline-resnet8"]]
+    report = json.loads((experiment["out"] / "pipeline.json").read_text())
+    together = [s.get("trained_together") for s in report["stages"]]
+    assert together == [None, ["student-resnet8-kd", "baseline-resnet8"], ["student-resnet8-kd", "baseline-resnet8"]]
+    metrics = json.loads((experiment["out"] / "student-resnet8-kd" / "metrics.json").read_text())
+    assert metrics["trained_with"] == ["baseline-resnet8"]
 
 
 def test_rerun_skips_finished_resumes_interrupted_and_restarts_unsaved_stages(experiment, tmp_path, monkeypatch):
@@ -192,10 +179,10 @@ def test_a_finished_stage_is_skipped_but_changed_settings_are_named(tmp_path, ca
 
 
 def test_an_interrupted_stage_says_how_to_continue_the_pipeline(tmp_path, cli, monkeypatch):
-    def interrupted(cfg):
-        raise UserError(f"interrupted (epoch 1 step 3); saved {cfg.out}/last.pt", exit_code=130)
+    def interrupted(cfgs):
+        raise UserError(f"interrupted (epoch 1 step 3); saved {cfgs[0].out}/last.pt", exit_code=130)
 
-    monkeypatch.setattr(pipeline_mod, "train_run", interrupted)
+    monkeypatch.setattr(pipeline_mod, "train_group", interrupted)
     result = cli("pipeline", "--config", write(tmp_path / "p.toml", GOOD), "--out", tmp_path / "out")
     assert result.code == 130
     assert "or rerun this distill pipeline command: finished stages are skipped" in result.err

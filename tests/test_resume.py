@@ -10,7 +10,7 @@ import pytest
 
 from conftest import file_digest
 from distill.checkpoint import load_checkpoint
-from distill.run import lr_factor
+from distill.build import lr_factor
 from runhelpers import assert_same, before_steps_from_epoch, run_args, signal_after_steps
 from test_bad_input import assert_one_line_error
 from test_teach import scalars
@@ -19,7 +19,7 @@ STEPS = 5  # 42 training images in batches of 8
 # Every random draw the recipe has: our crop/flip/mixup/cutmix on torch's RNG, kornia's jitter and
 # erasing drawn on the CPU, plus the EMA and its warm-up counter.
 RECIPE = ["--deterministic", "--augment", "default,color_jitter=0.2,cutout=0.5,mixup=0.2,cutmix=1.0"]
-NOT_STATE = ("config", "wall_seconds", "train_seconds")  # the command line and the clock differ
+NOT_STATE = ("config", "wall_seconds", "train_seconds", "first_epoch_seconds")  # the command line and the clock differ
 
 
 def test_interrupted_twice_and_resumed_equals_uninterrupted_bit_for_bit(cli, tiny_data, tmp_path, monkeypatch):
@@ -62,7 +62,7 @@ def test_changed_settings_are_refused_in_one_line_and_more_epochs_extend_the_sch
     assert file_digest(out / "last.pt") == before  # refusals write nothing
 
     lrs = []
-    before_steps_from_epoch(monkeypatch, 1, lambda loop: lrs.append(loop.optimizer.param_groups[0]["lr"]))
+    before_steps_from_epoch(monkeypatch, 1, lambda loop: lrs.append(loop.learners[0].optimizer.param_groups[0]["lr"]))
     # Harmless changes: more epochs, output, and a new peak --lr (load_state_dict alone would keep the old one).
     result = cli("teach", "--out", out, "--resume", "--epochs", "4", "--no-quiet", "--lr", "0.1")
     assert result.code == 0, result.err

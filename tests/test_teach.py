@@ -84,3 +84,43 @@ def test_compile_flag_trains_and_saves_plain_weights(cli, tiny_data, tmp_path):
     keys = torch.load(out / "best.pt", weights_only=True)["model"].keys()
     assert not any(k.startswith("_orig_mod.") for k in keys)
     assert cli("evaluate", out / "best.pt", "--data", tiny_data, "--json", "--device", "cpu").code == 0
+
+
+def test_val_size_0_trains_on_every_image_and_keeps_the_last_epochs_ema(cli, tiny_data, tmp_path):
+    out = tmp_path / "all"
+    args = [a for a in tiny_teach_args(tiny_data, out)]
+    args[args.index("--val-size") + 1] = "0"
+    assert cli(*args, "--ema-horizon", "0.3").code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_images"] == 48 and metrics["best_val_accuracy"] is None  # all 3 x 16 images
+    assert metrics["eval_weights"] == "ema"
+    last, best = (torch.load(out / name, weights_only=True) for name in ("last.pt", "best.pt"))
+    assert last["epoch"] == 2 and best["epoch"] == 2
+    for key, value in last["ema"].items():  # nothing was chosen: best.pt holds the last epoch's average
+        assert torch.equal(best["model"][key], value), key
+    assert "accuracy/val" not in scalars(out) and scalars(out)["accuracy/test"] == [2]
+
+    raw = tmp_path / "raw"
+    args[args.index("--out") + 1] = str(raw)
+    assert cli(*args, "--ema-horizon", "0").code == 0  # no EMA: the last raw weights
+    last, best = (torch.load(raw / name, weights_only=True) for name in ("last.pt", "best.pt"))
+    assert last["ema"] is None and all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
+
+
+def test_compile_keeps_its_kernels_in_the_user_cache_folder(tiny_data, tmp_path):
+    """A second run reads inductor's compiled kernels back from $DISTILL_CACHE/inductor (a fresh process,
+    as a user's next run is: inductor fixes its cache folder at the first compile of a process)."""
+    import subprocess
+    import sys
+
+    from runhelpers import REPO, child_env
+
+    cache = tmp_path / "cache"
+    args = ["student", "--no-teacher", "--arch", "resnet8", "--data", tiny_data, "--image-size", "16", "--val-size",
+            "6", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--compile", "--quiet"]
+    env = {k: v for k, v in child_env(DISTILL_CACHE=str(cache)).items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    run = subprocess.run([sys.executable, "-m", "distill", *map(str, args), "--out", tmp_path / "one"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    compiled = {p for p in (cache / "inductor").rglob("*") if p.is_file()}
+    assert any(p.suffix == ".py" for p in compiled), sorted(compiled)[:5]  # generated kernels live there

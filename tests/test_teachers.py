@@ -13,7 +13,7 @@ import teachers
 from distill.config import TeachConfig
 from distill.errors import UserError
 from distill.models import make_spec, new_parameter_names
-from distill.run import param_groups
+from distill.build import param_groups
 
 
 def layer1_size(model, image=32) -> tuple[int, int]:

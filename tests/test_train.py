@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from distill.augment import Preprocess
-from distill.run import lr_factor
+from distill.build import lr_factor
 from distill.train import ModelEMA, epoch_permutation, evaluate
 
 
@@ -69,3 +69,33 @@ def test_evaluate_accuracy_per_class_and_flip_tta():
     # With flip TTA each image and its mirror vote with equal weight: a tie, broken towards class 0.
     tta = evaluate(model, pre, x, y, num_classes=2, tta=True)
     assert tta["per_class"] == pytest.approx([1.0, 0.0]) and tta["accuracy"] == pytest.approx(0.75)
+
+
+def test_ema_horizon_is_a_share_of_the_run_whatever_its_length():
+    from distill.train import ema_decay
+
+    assert ema_decay(0.05, 2000) == pytest.approx(1 - 1 / 100)  # time constant: 100 of 2,000 steps
+    assert ema_decay(0.05, 20000) == pytest.approx(1 - 1 / 1000)
+    assert ema_decay(0.0, 2000) == 0.0  # off
+    assert ema_decay(0.05, 10) == 0.0  # shorter than one step: no averaging at all
+    # After `horizon` of the run the first weights' share has fallen to 1/e, in a short and a long run.
+    for steps in (1000, 10000):
+        assert ema_decay(0.1, steps) ** (0.1 * steps) == pytest.approx(math.exp(-1), rel=1e-2)
+
+
+def test_compile_is_automatic_for_long_single_gpu_runs_only():
+    from types import SimpleNamespace
+
+    from distill import config as C
+    from distill.build import AUTO_COMPILE_MIN_STEPS, compile_wanted
+
+    def loop(device: str, world: int = 1):
+        return SimpleNamespace(device=torch.device(device), world_size=world, steps_per_epoch=100)
+
+    long_run = AUTO_COMPILE_MIN_STEPS // 100
+    cfg = C.TeachConfig(epochs=long_run)
+    assert compile_wanted(cfg, loop("cuda")) and not compile_wanted(cfg, loop("cpu"))
+    assert not compile_wanted(cfg, loop("cuda", world=2))  # torchrun: not auto (DDP + CUDA graphs unmeasured)
+    assert not compile_wanted(C.TeachConfig(epochs=long_run - 1), loop("cuda"))
+    assert compile_wanted(C.TeachConfig(epochs=1, compile=True), loop("cpu"))  # what the user said wins
+    assert not compile_wanted(C.TeachConfig(epochs=long_run, compile=False), loop("cuda"))

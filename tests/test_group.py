@@ -1,0 +1,104 @@
+"""Runs trained together (`train_group`): one augmented batch and one teacher forward per step feed every
+student and baseline, and each ends exactly where it would have ended trained alone on the same batches."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+import distill.train as train_mod
+from distill import config as C
+from distill.checkpoint import load_checkpoint
+from distill.errors import UserError
+from distill.run import train_group, train_run
+from runhelpers import assert_same, signal_after_steps
+
+STEPS = 5  # 42 training images in batches of 8
+EPOCHS = 2
+# Every random draw of the recipe takes part: crop, flip and MixUp draw from torch's RNG once per step.
+RECIPE = dict(image_size=16, val_size=6, batch_size=8, lr=0.05, device="cpu", quiet=True, deterministic=True,
+              epochs=EPOCHS, augment="default,mixup=0.2", ema_horizon=0.2)
+NOT_STATE = ("config", "wall_seconds", "train_seconds", "first_epoch_seconds")  # folders and clock differ
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from conftest import write_image_tree
+
+    root = tmp_path_factory.mktemp("group")
+    data = write_image_tree(root / "data")
+    out = root / "teacher"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILL_CACHE", str(root / "cache"))
+        train_run(C.resolve(C.TeachConfig, {}, {**RECIPE, "data": str(data), "arch": "resnet8", "epochs": 1,
+                                                "out": str(out)}))
+    return data, out / "best.pt"
+
+
+def configs(teacher, folder, **extra) -> list[C.StudentConfig]:
+    """A KD student, a DKD student and a baseline of different archs, all on the same batches."""
+    data, best = teacher
+    common = {**RECIPE, "data": str(data), **extra}
+    return [C.resolve(C.StudentConfig, {}, {**common, "arch": "resnet8", "teacher": str(best), "any_teacher": True,
+                                            "temperature": 2.0, "out": str(folder / "kd")}),
+            C.resolve(C.StudentConfig, {}, {**common, "arch": "resnet14", "method": "dkd", "teacher": str(best),
+                                            "any_teacher": True, "out": str(folder / "dkd")}),
+            C.resolve(C.StudentConfig, {}, {**common, "arch": "resnet8", "no_teacher": True, "lr": 0.1,
+                                            "out": str(folder / "base")})]
+
+
+def state(folder) -> dict:
+    ck = load_checkpoint(folder / "last.pt")
+    return {k: v for k, v in ck.items() if k not in NOT_STATE}
+
+
+def test_each_run_of_a_group_ends_with_the_weights_it_gets_alone(teacher, tmp_path, monkeypatch):
+    forwards = []
+    real = train_mod.teacher_logits
+    monkeypatch.setattr(train_mod, "teacher_logits", lambda loop, x: forwards.append(1) or real(loop, x))
+    together = train_group(configs(teacher, tmp_path / "together"))
+    assert len(forwards) == EPOCHS * STEPS  # one teacher forward per step for the whole group
+    alone = [train_run(cfg) for cfg in configs(teacher, tmp_path / "alone")]
+    for name in ("kd", "dkd", "base"):
+        assert_same(state(tmp_path / "together" / name), state(tmp_path / "alone" / name), name)
+    for a, b in zip(together, alone):
+        assert a["test_accuracy"] == b["test_accuracy"]
+    assert together[0]["trained_with"] == ["dkd", "base"] and alone[0]["trained_with"] == []
+    assert together[0]["teacher"]["test_accuracy"] == alone[0]["teacher"]["test_accuracy"]
+    assert together[2]["teacher"] is None  # the baseline learnt from nobody
+
+
+def test_an_interrupted_group_saves_every_run_and_resumes_bit_for_bit(teacher, tmp_path, monkeypatch):
+    train_group(configs(teacher, tmp_path / "whole"))
+    with monkeypatch.context() as m:
+        signal_after_steps(m, STEPS + 2, signal.SIGINT)  # in the middle of epoch 2
+        with pytest.raises(UserError, match=r"interrupted \(epoch 2 step 2\); saved .*kd/last.pt, .*dkd/last.pt, "
+                                            r".*base/last.pt"):
+            train_group(configs(teacher, tmp_path / "pieces"))
+    train_group(configs(teacher, tmp_path / "pieces", resume=True))
+    for name in ("kd", "dkd", "base"):
+        assert_same(state(tmp_path / "whole" / name), state(tmp_path / "pieces" / name), name)
+
+
+def test_runs_that_do_not_share_their_batches_are_refused_before_anything_is_written(teacher, tmp_path):
+    cfgs = configs(teacher, tmp_path / "g")
+    cfgs[2] = C.resolve(C.StudentConfig, {}, {**C.to_dict(cfgs[2]), "batch_size": 6, "config": None})
+    with pytest.raises(UserError, match=r"cannot train in one group with .*batch_size: 8 vs 6"):
+        train_group(cfgs)
+    assert not (tmp_path / "g").exists()
+
+
+def test_runs_at_different_steps_are_refused(teacher, tmp_path, monkeypatch):
+    cfgs = configs(teacher, tmp_path / "g", epochs=1)
+    train_run(cfgs[0])
+    with monkeypatch.context() as m:
+        signal_after_steps(m, 2, signal.SIGINT)
+        with pytest.raises(UserError, match="interrupted"):
+            train_run(cfgs[1])
+    resumed = [C.resolve(C.StudentConfig, {}, {**C.to_dict(c), "resume": True, "config": None}) for c in cfgs[1:]]
+    resumed[1] = cfgs[2]
+    with pytest.raises(UserError, match=r"stand at different points of training \(\[\(0, 0\), \(0, 2\)\]\)"):
+        train_group(resumed)
+    assert torch.load(tmp_path / "g" / "dkd" / "last.pt", weights_only=True)["step_in_epoch"] == 2
