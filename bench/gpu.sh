@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of distill, in one device call per step list, cheapest step first.
 #
-# STEPS (default "matmul bench reference data pipeline", in that order) picks the groups to run:
+# STEPS (default "augment pipeline": the headline measurement, one call) picks the groups to run:
 #   matmul     bf16 matmul ceiling
 #   bench      `distill bench` of the teacher and the students: train, infer, distill (+ teacher forward)
 #   compile    the same with torch.compile: resnet50 train in each of $COMPILE_MODES (default "default
@@ -9,14 +9,16 @@
 #              student and teacher compiled in the last of them; each step's compile time is its rows'
 #              warmup_seconds, and each step is capped at 150 s
 #   reference  the usual recipe (DataLoader + CPU transforms, fp32): 8 workers, then 2 (the tutorial's)
-#   data       load_dataset on the archive, cold then cached
-#   pipeline   the whole $CONFIG pipeline (default configs/pipeline/cifar10.toml)
-# What is still to measure (BENCHMARKS.md) takes two calls back to back (the machine stays warm 30 s):
-#   1. STEPS="bench compile reference" BUDGET=400 GIT_COMMIT=<hash> bash bench/gpu.sh    (timeout_s 450)
-#   2. STEPS="data pipeline" CONFIG=configs/pipeline/cifar10_long.toml BUDGET=440 \
-#        GIT_COMMIT=<hash> bash bench/gpu.sh                                              (timeout_s 480)
+#   data       load_dataset on the archive, cold then cached (warms the cache the pipeline then reads)
+#   augment    bench/augment_cost.py: every augmentation op and preset per batch of 512, as a share of
+#              a ResNet50 training step on the same card
+#   pipeline   the whole $CONFIG pipeline (default configs/pipeline/cifar10.toml, the headline), cold:
+#              it decodes the archive and compiles its models itself, as a user's first run does
+# The headline call (issue 9), about 8.5 minutes:
+#   GIT_COMMIT=<hash> bash bench/gpu.sh        (carry [".whl", ".data"], timeout_s 590)
 # Steps run in order and are skipped once the budget is spent, so the last ones are the optional ones.
-# Then merge both outputs here: `python -m distill.gpu_report summarize --out OUT2 --also OUT1 --runs RUNS`.
+# Then copy $OUT/<card>-<date>.json to bench/results/ and record the figures in BENCHMARKS.md.
+# Two calls of one session merge with `python -m distill.gpu_report summarize --out OUT2 --also OUT1 --runs RUNS`.
 #
 # Preconditions, on the GPU machine, run from the repository root:
 #   - .whl/ holds the kornia wheels (/work/shared/gpu/fetch-wheels.sh). Unless kornia already imports,
@@ -25,11 +27,9 @@
 #       export PYTHONPATH=/tmp/site:$PWD
 #   - .data/cifar10-jpeg.tar.gz: a copy of /work/shared/data/cifar10-jpeg.tar.gz (.data/ is git-ignored).
 #   - $OUT: the folder that comes back (default ./bench/out); GIT_COMMIT=<hash> when the copy has no .git.
-# The call: carry [".whl", ".data"], command "GIT_COMMIT=<hash> bash bench/gpu.sh", timeout_s 480
-# (the default STEPS, as measured on 2026-11-26).
 #
-# Writes, each as soon as its step ends (a call cut short still returns what it measured), exactly
-# the 8 files a device call brings back, all directly in $OUT:
+# Writes, each as soon as its step ends (a call cut short still returns what it measured), directly in
+# $OUT, only the files of the steps that ran (a device call brings back at most 8 files):
 #   steps.log          versions, nvidia-smi, every step's stderr, timings and exit codes, pipeline output
 #   01_matmul.json     bf16 8192^3 matmul TFLOP/s: the card's practical ceiling
 #   02_bench.jsonl     one `distill bench --json` report per line: resnet50 train/infer (batch 512, bf16,
@@ -38,12 +38,11 @@
 #   03_reference.json  `distill bench --reference --json` reports for resnet50, one per line: ours vs
 #                      DataLoader + CPU transforms, with 8 and with 2 loader workers
 #   04_data.json       load_dataset on the archive: cold (unpack + decode + cache write), then cached
+#   05_augment.json    bench/augment_cost.py --json: ms per batch and % of a teacher step per op/preset
 #   compare.json       `distill compare RUNS --json` after the full pipeline
 #   runs.tar.gz        the pipeline's small files (metrics.json, config.json, pipeline.json, TensorBoard
 #                      events, logs, the chart); no checkpoints
-#   gpu_results.json   the summary (python -m distill.gpu_report summarize)
-# The data step warms the decode cache ($DISTILL_CACHE) that the pipeline then reads: the pipeline's time
-# is that of a second run on the same data (the cold decode is 04_data.json's first_load_seconds).
+#   <card>-<date>.json the summary (python -m distill.gpu_report summarize), e.g. h100-2026-11-28.json
 #
 # CPU smoke: `bash bench/gpu.sh --cpu-smoke` runs the same sequence on the CPU with tiny sizes and the
 # smoke pipeline config, to prove the script end to end (uses $PYTHON, else .venv/bin/python, else python3).
@@ -52,10 +51,10 @@ cd "$(dirname "$0")/.."
 
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
-STEPS=" ${STEPS:-matmul bench reference data pipeline} "
+STEPS=" ${STEPS:-augment pipeline} "
 for s in $STEPS; do
-  case $s in matmul | bench | compile | reference | data | pipeline) ;;
-    *) echo "gpu.sh: unknown step '$s' in STEPS: choose from matmul bench compile reference data pipeline" >&2
+  case $s in matmul | bench | compile | reference | data | augment | pipeline) ;;
+    *) echo "gpu.sh: unknown step '$s' in STEPS: choose from matmul bench compile reference data augment pipeline" >&2
        exit 2 ;;
   esac
 done
@@ -64,8 +63,8 @@ OUT=${OUT:-./bench/out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 LOG=$OUT/steps.log
-rm -f "$LOG" "$OUT"/01_matmul.json "$OUT"/02_bench.jsonl "$OUT"/03_reference.json "$OUT"/04_data.json \
-  "$OUT"/compare.json "$OUT"/runs.tar.gz "$OUT"/gpu_results.json  # a rerun must not append to old results
+rm -f "$LOG" "$OUT"/0[1-5]_*.json* "$OUT"/compare.json "$OUT"/runs.tar.gz \
+  "$OUT"/*-20[0-9][0-9]-[0-9][0-9]-[0-9][0-9].json  # a rerun must not append to old results
 export PYTHONUNBUFFERED=1
 
 if [ "$SMOKE" = 1 ]; then
@@ -77,15 +76,17 @@ if [ "$SMOKE" = 1 ]; then
   DEV=(--device cpu)
   SIZES=(--batch-size 8 --warmup 1 --steps 2)
   REF_SIZES=("${SIZES[@]}")
+  AUG_SIZES=(--device cpu --batch 64 --teacher-batch 8 --reps 2 --teacher-reps 1 --threads 2)
   SLOW=4  # each step's time cap is set for the GPU; a shared 2-core CPU needs a few times longer
 else
   PY=${PYTHON:-python3}
   DATA=${DATA:-.data/cifar10-jpeg.tar.gz}
   CONFIG=${CONFIG:-configs/pipeline/cifar10.toml}
-  BUDGET=${BUDGET:-430}  # fits a 480 s device call; compare, tarball and summary come after the pipeline
+  BUDGET=${BUDGET:-560}  # fits a 590 s device call; compare, tarball and summary come after the pipeline
   DEV=(--device cuda)
   SIZES=(--batch-size 512 --precision bf16 --channels-last --warmup 5 --steps 20)
   REF_SIZES=(--batch-size 512 --warmup 3 --steps 10)  # its fp32 steps are slow: fewer of them
+  AUG_SIZES=(--device cuda --teacher-reps 5)
   SLOW=1
 fi
 RESERVE=10  # seconds kept at the end for the summary; with the pipeline, also for compare and the tarball
@@ -166,6 +167,7 @@ if wants reference; then
   done
 fi
 wants data && step data-load 120 "$OUT/04_data.json" "$PY" -m distill.gpu_report data "$DATA" --cache-dir "$DISTILL_CACHE"
+wants augment && step augment 60 "$OUT/05_augment.json" "$PY" bench/augment_cost.py "${AUG_SIZES[@]}" --json
 
 PIPELINE_TIME=()  # --pipeline-seconds/--pipeline-rc for the summary, when the pipeline ran
 if ! wants pipeline; then
@@ -183,7 +185,7 @@ wants pipeline && step compare 25 "$OUT/compare.json" "$PY" -m distill compare "
 # Only the small files come back: metrics, configs, TensorBoard events, logs; never checkpoints.
 wants pipeline && (cd "$RUNS" && find . -type f \( -name '*.json' -o -name 'events.out.tfevents.*' -o -name '*.log' -o -name '*.txt' \
   -o -name '*.toml' -o -name '*.csv' -o -name '*.png' \) -size -4M -print0 | tar -czf "$OUT/runs.tar.gz" --null -T -) 2>>"$LOG"
-say "summarize: start"  # not through step(): it must run even when the budget is spent
+say "summarize: start"  # not through step(): it must run even when the budget is spent (writes <card>-<date>.json)
 timeout -k 5 30 "$PY" -m distill.gpu_report summarize --out "$OUT" --runs "$RUNS" "${PIPELINE_TIME[@]}" \
   2>>"$LOG"
 say "summarize: exit $?"

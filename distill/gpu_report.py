@@ -1,5 +1,5 @@
 """The steps of bench/gpu.sh that are not `distill` commands: the bf16 matmul ceiling, the data-load
-timing, and gpu_results.json, the summary of everything one GPU call measured.
+timing, and <card>-<date>.json, the summary of everything one GPU call measured.
 
     python -m distill.gpu_report {matmul, data PATH --cache-dir D, summarize --out OUT --runs RUNS [--also OUT2]}
 """
@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -94,6 +95,8 @@ def run_stages(runs: Path, pipeline: dict | None) -> dict[str, dict]:
             "arch": m.get("arch"), "role": m.get("role"), "method": m.get("method"),
             "test_accuracy": m.get("test_accuracy"), "epochs": m.get("epochs"),
             "images_per_second": m.get("train_images_per_second"), "wall_seconds": m.get("wall_seconds"),
+            "steady_images_per_second": m.get("steady_images_per_second"),
+            "first_epoch_seconds": m.get("first_epoch_seconds"), "trained_with": m.get("trained_with"),
             "stage_wall_seconds": stage_seconds.get(path.parent.name)}
     return stages
 
@@ -126,7 +129,15 @@ def bench_figures(rows: list[dict]) -> dict:
 
 
 GPU_FILES = {"matmul": "01_matmul.json", "bench": "02_bench.jsonl", "reference": "03_reference.json",
-             "data": "04_data.json", "compare": "compare.json"}
+             "data": "04_data.json", "augment": "05_augment.json", "compare": "compare.json"}
+
+
+def results_name(summary: dict) -> str:
+    """bench/results/<card>-<date>.json: 'h100-2026-11-28.json' for an NVIDIA H100 80GB HBM3, 'cpu-...' on the CPU."""
+    device = (summary.get("device") or "unknown").lower()
+    found = re.search(r"\b([a-z]\d{2,4}[a-z]?)\b", device.replace("nvidia", ""))
+    card = "cpu" if device.startswith("cpu") else (found.group(1) if found else re.sub(r"[^a-z0-9]+", "-", device))
+    return f"{card}-{summary['date'][:10]}.json"
 
 
 def gpu_file(outs: list[Path], name: str) -> Path:
@@ -137,7 +148,7 @@ def gpu_file(outs: list[Path], name: str) -> Path:
 
 def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipeline_rc: int | None = None,
               also: list[Path] | None = None) -> dict:
-    """gpu_results.json from what bench/gpu.sh left in `out` (and in the folders `also`, the outputs of
+    """The summary of what bench/gpu.sh left in `out` (and in the folders `also`, the outputs of
     other calls of it) and the pipeline's folder `runs`; a missing input gives nulls (and a name in
     "missing"), never an error."""
     outs = [out, *(also or [])]
@@ -164,6 +175,7 @@ def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipe
         "pipeline_command_seconds": pipeline_seconds, "pipeline_exit_code": pipeline_rc,
         "test_accuracy": {name: s["test_accuracy"] for name, s in stages.items() if s["test_accuracy"] is not None},
         "stages": stages, "pipeline": pipeline, "data_load": read_json(inputs["data"]),
+        "augment": read_json(inputs["augment"]),
         "bench_rows": rows, "missing": missing,
     }
 
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     data = sub.add_parser("data", help="time load_dataset cold and cached, as JSON")
     data.add_argument("path")
     data.add_argument("--cache-dir", type=Path, required=True)
-    summ = sub.add_parser("summarize", help="write gpu_results.json from a gpu.sh output folder")
+    summ = sub.add_parser("summarize", help="write <card>-<date>.json from a gpu.sh output folder")
     summ.add_argument("--out", type=Path, required=True, help="gpu.sh's output folder (read, and written to)")
     summ.add_argument("--runs", type=Path, required=True, help="the pipeline's --out folder")
     summ.add_argument("--pipeline-seconds", type=float, default=None)
@@ -192,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             result = time_data_load(args.path, args.cache_dir)
         else:
             result = summarize(args.out, args.runs, args.pipeline_seconds, args.pipeline_rc, args.also)
-            (args.out / "gpu_results.json").write_text(json.dumps(result, indent=2))
+            (args.out / results_name(result)).write_text(json.dumps(result, indent=2))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
