@@ -14,13 +14,17 @@ from distill.cli import app
 @app.command("compare")
 def compare_command(
     runs_dir: Path = typer.Argument(..., help="Folder searched recursively for runs (folders with metrics.json)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {\"runs\": [...], \"chart\": path}."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {\"runs\": [...], \"aggregates\": "
+                                  "[...], \"notes\": [...], \"chart\": path, ...}."),
+    wide: bool = typer.Option(False, "--wide", help="Every column (role, arch, seed, GFLOPs, McNemar p, KL, time, "
+                              "...), not only the key ones that fit 80 characters."),
 ) -> None:
-    """Every finished run side by side: size, cost, accuracy, gain over the baseline; writes compare.png."""
+    """Every finished run side by side: accuracy, gain over the baseline with its 95% interval and McNemar p,
+    agreement with the teacher, seeds aggregated; writes compare*.png and a TensorBoard summary."""
     from distill.compare import compare, print_comparison
 
     result = compare(runs_dir)
-    print(json.dumps(result)) if json_out else print_comparison(result)
+    print(json.dumps(result)) if json_out else print_comparison(result, wide=wide)
 
 
 @app.command("pipeline")

@@ -146,6 +146,18 @@ def gpu_file(outs: list[Path], name: str) -> Path:
     return next((p for p in paths if p.is_file() and p.stat().st_size > 0), paths[0])
 
 
+def this_device() -> str:
+    from distill.bench import device_label
+
+    return device_label(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def strong_share(augment: dict | None) -> float | None:
+    """The `strong` preset's cost as a % of a ResNet50 step (bench/augment_cost.py's row for it)."""
+    row = ((augment or {}).get("ops") or {}).get("pipeline strong") or {}
+    return row.get("pct_of_teacher_step")
+
+
 def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipeline_rc: int | None = None,
               also: list[Path] | None = None) -> dict:
     """The summary of what bench/gpu.sh left in `out` (and in the folders `also`, the outputs of
@@ -161,8 +173,10 @@ def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipe
     stages = run_stages(runs, pipeline)
     first = (reports + ref_reports + [{}])[0]
     missing = [name for name, path in inputs.items() if not path.is_file() or path.stat().st_size == 0]
+    augment = read_json(inputs["augment"])
     return {
-        "device": first.get("device"), "torch": first.get("torch"),
+        # summarize runs on the machine that measured: without a bench report, it names the card itself
+        "device": first.get("device") or this_device(), "torch": first.get("torch") or torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
         "matmul_tflops": (read_json(inputs["matmul"]) or {}).get("tflops"),
         **bench_figures([r for r in rows if r["mode"] != "reference_train"]),
@@ -175,7 +189,7 @@ def summarize(out: Path, runs: Path, pipeline_seconds: float | None = None, pipe
         "pipeline_command_seconds": pipeline_seconds, "pipeline_exit_code": pipeline_rc,
         "test_accuracy": {name: s["test_accuracy"] for name, s in stages.items() if s["test_accuracy"] is not None},
         "stages": stages, "pipeline": pipeline, "data_load": read_json(inputs["data"]),
-        "augment": read_json(inputs["augment"]),
+        "augment": augment, "strong_augment_percent_of_teacher_step": strong_share(augment),
         "bench_rows": rows, "missing": missing,
     }
 

@@ -3,6 +3,8 @@
     baselines = true        # optional (default true): one --no-teacher run per distinct student arch
     train_together = true   # optional (default true): students and baselines that share their batches
                             # train in one loop, with one teacher forward per batch for all of them
+    seeds = [0, 1, 2]       # optional: each student and baseline once per seed (folders ...-seed<N>),
+                            # the teacher once; `distill compare` then reports mean and std over seeds
     [common]                # optional: options for every stage (keys shared by teach and student)
     [teacher]               # `distill teach` options
     [[students]]            # `distill student` options, one table per student: arch, method (default kd)
@@ -30,7 +32,7 @@ from distill.checkpoint import load_checkpoint
 from distill.build import GROUP_SHARED, default_out
 from distill.run import train_group
 
-TOP_KEYS = ("baselines", "common", "students", "teacher", "train_together")
+TOP_KEYS = ("baselines", "common", "seeds", "students", "teacher", "train_together")
 MANAGED = {"config", "out", "resume", "force"}  # set per stage by the pipeline, never by the file
 STUDENT_MANAGED = MANAGED | {"teacher", "no_teacher"}  # the teacher is the teacher stage's best.pt
 KD_ONLY = ("method", "temperature", "alpha", "beta", "kd_warmup_epochs", "any_teacher")
@@ -80,13 +82,43 @@ def common_values(table: object, source: str) -> dict:
     return C.values_from_mapping(C.TrainConfig, table, source)
 
 
-def make_stage(cls: type, values: dict, source: str) -> Stage:
+def make_stage(cls: type, values: dict, source: str, suffix: str = "") -> Stage:
     """Resolve once now, so a bad value in the last student fails before the teacher trains for an hour."""
     try:
         cfg = C.resolve(cls, {}, values)
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
-    return Stage(default_out(cfg).name, cls, values)
+    return Stage(default_out(cfg).name + suffix, cls, values)
+
+
+def seed_list(raw: dict, students: list[dict], source: str) -> list[int | None]:
+    """`seeds = [0, 1, 2]`: every student and baseline once per seed (the teacher once); absent: [None],
+    the seed of the file's tables."""
+    if "seeds" not in raw:
+        return [None]
+    seeds = raw["seeds"]
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in seeds)):
+        raise UserError(f"{source}: 'seeds' must be a list of distinct integers in [0, 2^31), e.g. seeds = [0, 1, 2]; "
+                        f"got {seeds!r}")
+    if any("seed" in s for s in students):
+        raise UserError(f"{source}: a [[students]] table sets 'seed' while 'seeds' lists them all: remove one")
+    return seeds
+
+
+def student_stages(raw: dict, common: dict, teacher: Stage, out_dir: Path, overrides: dict, source: str) -> list[Stage]:
+    """Students, then one baseline per student arch, for each seed in turn (a seed's runs train together)."""
+    students = student_tables(raw, source)
+    taught = {"teacher": str(out_dir / teacher.name / "best.pt")}
+    stages = []
+    for seed in seed_list(raw, students, source):
+        seeded, suffix = ({"seed": seed}, f"-seed{seed}") if seed is not None else ({}, "")
+        stages += [make_stage(C.StudentConfig, common | s | taught | seeded | overrides,
+                              f"{source} [[students]] #{i}", suffix) for i, s in enumerate(students, start=1)]
+        if raw.get("baselines", True):
+            stages += [make_stage(C.StudentConfig, common | b | seeded | overrides, f"{source} baseline of {b['arch']}",
+                                  suffix) for b in baseline_tables(students)]
+    return stages
 
 
 def student_tables(raw: dict, source: str) -> list[dict]:
@@ -145,13 +177,7 @@ def load_pipeline(path: Path, overrides: dict, out: str | None = None) -> Pipeli
     common = common_values(raw.get("common", {}), f"{source} [common]")
     out_dir = Path(out) if out else Path("runs") / path.stem
     teacher = make_stage(C.TeachConfig, common | teacher_table(raw, source) | overrides, f"{source} [teacher]")
-    students = student_tables(raw, source)
-    taught = {"teacher": str(out_dir / teacher.name / "best.pt")}
-    stages = [teacher] + [make_stage(C.StudentConfig, common | s | taught | overrides, f"{source} [[students]] #{i}")
-                          for i, s in enumerate(students, start=1)]
-    if raw.get("baselines", True):
-        stages += [make_stage(C.StudentConfig, common | b | overrides, f"{source} baseline of {b['arch']}")
-                   for b in baseline_tables(students)]
+    stages = [teacher] + student_stages(raw, common, teacher, out_dir, overrides, source)
     check_unique(stages, out_dir, source)
     return Pipeline(path, out_dir, stages, raw.get("train_together", True))
 

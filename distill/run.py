@@ -5,25 +5,18 @@ baselines together): build, fit epoch by epoch with validation and checkpoints, 
 from __future__ import annotations
 
 import json
-import time
 
 import torch
 
 from distill import checkpoint as ckpt_io
 from distill import config as C
 from distill import distributed as dist_util
-from distill.build import build_group, device_name
+from distill.build import build_group
 from distill.errors import UserError
-from distill.models import build_model
-from distill.runstate import Group, Run, count_images, save_checkpoints, steady_throughput
+from distill.results import add_gains, eval_kwargs, final_metrics, log_summary, test_best, write_predictions
+from distill.runstate import Group, Run, count_images, save_checkpoints
 from distill.signals import StopSignals
 from distill.train import Hooks, Interrupted, evaluate, seed_epoch, train_one_epoch, unwrap
-
-def eval_kwargs(group: Group, cfg: C.TrainConfig) -> dict:
-    loop = group.loop
-    return dict(num_classes=len(group.splits.classes), tta=cfg.tta, amp_dtype=loop.amp_dtype,
-                channels_last=loop.channels_last)
-
 
 def validate(group: Group, run: Run) -> tuple[float, str]:
     """Score the raw and the EMA weights on the validation set; the better one is what we keep. Without a
@@ -83,50 +76,17 @@ def fit(group: Group, stop: StopSignals) -> None:
             raise Interrupted(f"after epoch {lead.epoch}")
 
 
-def teacher_test_accuracy(group: Group, cfg: C.TrainConfig) -> float:
-    """The teacher's accuracy on exactly this test split, for the comparison; evaluated once per group."""
-    if group.teacher_test_accuracy is None:
-        teacher, s = group.loop.teacher, group.splits
-        group.teacher_test_accuracy = evaluate(unwrap(teacher.model), teacher.preprocess, s.test_x, s.test_y,
-                                               **eval_kwargs(group, cfg))["accuracy"]
-    return group.teacher_test_accuracy
-
-
-def final_metrics(group: Group, run: Run) -> dict:
-    """Test accuracy of the weights chosen on validation (best.pt), never used to choose anything."""
-    from distill.modelinfo import count_params, forward_gflops
-
-    best = ckpt_io.load_checkpoint(run.out / "best.pt")
-    model = build_model(run.spec).to(group.device)
-    model.load_state_dict(best["model"])
-    s, cfg = group.splits, run.cfg
-    test = evaluate(model, run.learner.preprocess, s.test_x, s.test_y,
-                    **{**eval_kwargs(group, cfg), "channels_last": False})
-    if run.teacher_info is not None:
-        run.teacher_info["test_accuracy"] = teacher_test_accuracy(group, cfg)
-    others = [r.out.name for r in group.runs if r is not run]
-    return {"role": cfg.role, "arch": cfg.arch, "method": getattr(cfg, "effective_method", None),
-            "params": count_params(model), "gflops": forward_gflops(model.float(), run.spec["input_size"]),
-            "test_accuracy": test["accuracy"], "per_class_accuracy": dict(zip(s.classes, test["per_class"])),
-            "best_val_accuracy": None if run.best_val < 0 else run.best_val, "epochs": run.epoch,
-            "wall_seconds": run.wall_seconds + time.perf_counter() - run.started,
-            "train_images_per_second": run.train_images / max(run.train_seconds, 1e-9),
-            "first_epoch_seconds": run.first_epoch_seconds, "steady_images_per_second": steady_throughput(run),
-            "trained_with": others,  # a group's runs share their wall time and throughput
-            "dataset": s.source if hasattr(s, "source") else cfg.data, "train_images": len(s.train_x),
-            "test_images": len(s.test_x), "device": device_name(group.device), "teacher": run.teacher_info,
-            "eval_weights": run.eval_weights, "tta": cfg.tta, "seed": cfg.seed}
-
-
-def finish(group: Group, run: Run) -> dict:
-    metrics = final_metrics(group, run)
-    ckpt_io.write_text_atomic(json.dumps(metrics, indent=2), run.out / "metrics.json")
-    run.logger.scalars(run.epoch, {"accuracy/test": metrics["test_accuracy"]})
-    hp = {k: v for k, v in C.to_dict(run.cfg).items() if v is not None and k not in C.NOT_COMPUTED}
-    hp["role"] = run.cfg.role
-    run.logger.hparams(hp, {"hparam/test_accuracy": metrics["test_accuracy"],
-                            "hparam/best_val_accuracy": metrics["best_val_accuracy"] or 0.0})
-    run.logger.say(f"{run.out.name}: test accuracy {metrics['test_accuracy']:.4f} ({run.out / 'metrics.json'})")
+def finish(group: Group) -> list[dict]:
+    """Test every run's kept weights, compare the runs trained together, write what they report.
+    metrics.json is written last: it marks a run as finished."""
+    tested = [test_best(group, run) for run in group.runs]
+    metrics = [final_metrics(group, run, test, model) for run, (test, model) in zip(group.runs, tested)]
+    add_gains(group, metrics, [test["probs"] for test, _ in tested])
+    for run, m, (test, _) in zip(group.runs, metrics, tested):
+        write_predictions(group, run, test["probs"])
+        ckpt_io.write_text_atomic(json.dumps(m, indent=2), run.out / "metrics.json")
+        log_summary(run, m, test["probs"], group.splits.test_y)
+        run.logger.say(f"{run.out.name}: test accuracy {m['test_accuracy']:.4f} ({run.out / 'metrics.json'})")
     return metrics
 
 
@@ -153,7 +113,7 @@ def train_group(cfgs: list[C.TrainConfig]) -> list[dict]:
                 fit(group, stop)
             except Interrupted as where:
                 raise interrupted(group, str(where), stop.exit_code) from None
-        return [finish(group, run) if run.is_main else {} for run in group.runs]
+        return finish(group) if lead.is_main else [{} for _ in group.runs]
     except torch.OutOfMemoryError:
         raise out_of_memory(group) from None
     finally:

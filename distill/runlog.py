@@ -9,6 +9,8 @@ import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -19,6 +21,29 @@ CUSTOM_LAYOUT = {
         "validation accuracy (all runs)": ["Multiline", [r"accuracy/val$"]],
     }
 }
+
+
+# HPARAMS: the columns a user compares first, in this order, and the metrics beside them.
+HPARAM_COLUMNS = ("role", "arch", "method", "temperature", "alpha", "epochs", "lr", "params_M", "seed")
+HPARAM_METRICS = (("hparam/test_accuracy", "test accuracy"), ("hparam/gain_over_baseline", "gain (points)"),
+                  ("hparam/teacher_agreement", "agreement with teacher"))
+
+
+def hparams_experiment() -> Summary:
+    """The experiment summary every run writes: the same columns and metrics, in a fixed order."""
+    return hp.hparams_config_pb([hp.HParam(name) for name in HPARAM_COLUMNS],
+                                [hp.Metric(tag, display_name=label) for tag, label in HPARAM_METRICS])
+
+
+def png_summary(tag: str, png: bytes) -> Summary:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        width, height = image.size
+    return Summary(value=[Summary.Value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=4,
+                                                                          encoded_image_string=png))])
 
 
 class RunLogger:
@@ -66,15 +91,28 @@ class RunLogger:
                  f"train {s['accuracy/train']:.4f} {val} lr {s['lr']:.4g} "
                  f"{s['throughput/train_images_per_second']:.0f} img/s {s['time/epoch_seconds']:.1f}s")
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, markdown, step)
+            self.writer.flush()
+
+    def image(self, tag: str, png: bytes, step: int) -> None:
+        """A PNG (already drawn, e.g. by matplotlib) into the IMAGES tab."""
+        if self.writer is not None:
+            self.writer.file_writer.add_summary(png_summary(tag, png), step)
+            self.writer.flush()
+
     def hparams(self, params: dict, metrics: dict) -> None:
-        """Write the HPARAMS summary into this run's own event file (add_hparams would add a run)."""
+        """Write the HPARAMS summary into this run's own event file (add_hparams would add a run). Every run
+        declares the same columns in the same order (HPARAM_COLUMNS), so TensorBoard shows them first
+        whichever run it reads the experiment from; a run without a column leaves it blank."""
         if self.writer is None:
             return
-        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        for summary in hparams(clean, metrics):
+        _, start, end = hparams(params, metrics)  # its experiment lists only this run's columns
+        for summary in (hparams_experiment(), start, end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, 0) if tag.startswith("hparam/") else None
+            self.writer.add_scalar(tag, value, 0)
         self.writer.flush()
 
     def close(self) -> None:

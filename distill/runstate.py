@@ -53,7 +53,7 @@ class Group:
     loop: Loop
     splits: Splits
     device: torch.device
-    teacher_test_accuracy: float | None = None  # evaluated once, reported by every distilled run
+    teacher_test: dict | None = None  # the teacher's test results, evaluated once for every distilled run
 
     @property
     def lead(self) -> Run:

@@ -242,32 +242,32 @@ def check_finite(loop: Loop, loss_sums: Tensor, epoch: int, step: int) -> None:
 @torch.no_grad()
 def predict(model: nn.Module, preprocess: Preprocess, x_u8: Tensor, batch_size: int, tta: bool,
             amp_dtype: torch.dtype | None, channels_last: bool) -> Tensor:
-    """Class predictions for uint8 images, batched; `tta` averages with the mirrored image."""
+    """Float32 class probabilities (N, C) for uint8 images, batched; `tta` averages with the mirrored image."""
     model.eval()
     device = next(model.parameters()).device
-    preds = []
+    probs = []
     for start in range(0, len(x_u8), batch_size):
         x = to_float(x_u8[start:start + batch_size].to(device, non_blocking=True))
         with autocast(device, amp_dtype):
-            probs = model(model_input(x, preprocess, channels_last)).float().softmax(1)
+            p = model(model_input(x, preprocess, channels_last)).float().softmax(1)
             if tta:
-                probs += model(model_input(x.flip(3), preprocess, channels_last)).float().softmax(1)
-        preds.append(probs.argmax(1))
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=device)
+                p = (p + model(model_input(x.flip(3), preprocess, channels_last)).float().softmax(1)) / 2
+        probs.append(p)
+    return torch.cat(probs) if probs else torch.zeros(0, 0, device=device)
 
 
 def evaluate(model: nn.Module, preprocess: Preprocess, x_u8: Tensor, y: Tensor, num_classes: int,
              batch_size: int = 1024, tta: bool = False, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False) -> dict:
-    """Accuracy and per-class accuracy (both 0..1) on a labelled uint8 set."""
+    """Accuracy and per-class accuracy (both 0..1) on a labelled uint8 set, and the probabilities (N, C)."""
     if len(x_u8) == 0:
-        return {"accuracy": float("nan"), "per_class": [float("nan")] * num_classes}
-    pred = predict(model, preprocess, x_u8, batch_size, tta, amp_dtype, channels_last)
-    y = y.to(pred.device)
-    hits = (pred == y).float()
-    per_class_hits = torch.zeros(num_classes, device=pred.device).index_add_(0, y, hits)
+        return {"accuracy": float("nan"), "per_class": [float("nan")] * num_classes, "probs": None}
+    probs = predict(model, preprocess, x_u8, batch_size, tta, amp_dtype, channels_last)
+    y = y.to(probs.device)
+    hits = (probs.argmax(1) == y).float()
+    per_class_hits = torch.zeros(num_classes, device=probs.device).index_add_(0, y, hits)
     per_class_n = torch.bincount(y, minlength=num_classes).clamp(min=1)
-    return {"accuracy": hits.mean().item(), "per_class": (per_class_hits / per_class_n).tolist()}
+    return {"accuracy": hits.mean().item(), "per_class": (per_class_hits / per_class_n).tolist(), "probs": probs}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

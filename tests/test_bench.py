@@ -105,6 +105,7 @@ def write_gpu_out(out: Path, runs: Path) -> None:
                                    row("resnet50", "reference_train", 3000.0, ratio=3.0, num_workers=8)]))
     (out / "03_reference.json").write_text(json.dumps({**ref, "reference_ratio": 3.0}))
     (out / "04_data.json").write_text(json.dumps({"first_load_seconds": 9.5, "cached_load_seconds": 0.4}))
+    (out / "05_augment.json").write_text(json.dumps({"ops": {"pipeline strong": {"ms": 1.2, "pct_of_teacher_step": 3.5}}}))
     for name, acc, epochs in (("teacher-resnet50", 0.95, 30), ("student-resnet20-kd", 0.92, 40)):
         (runs / name).mkdir(parents=True)
         (runs / name / "metrics.json").write_text(json.dumps(
@@ -131,7 +132,7 @@ def test_summarize_writes_every_required_key(tmp_path, monkeypatch, capsys):
     assert summary["test_accuracy"] == {"teacher-resnet50": 0.95, "student-resnet20-kd": 0.92}
     teacher = summary["stages"]["teacher-resnet50"]
     assert teacher["epochs"] == 30 and teacher["images_per_second"] == 1e4 and teacher["stage_wall_seconds"] == 120.0
-    assert summary["missing"] == ["augment", "compare"]
+    assert summary["missing"] == ["compare"] and summary["strong_augment_percent_of_teacher_step"] == 3.5
 
 
 def test_summarize_merges_a_second_call_and_keeps_compiled_rows_apart(tmp_path):
@@ -152,7 +153,7 @@ def test_summarize_merges_a_second_call_and_keeps_compiled_rows_apart(tmp_path):
                                            "warmup_seconds": 95.0}}
     # `out` comes first: its reference is the headline, and its 8-worker ratio is not replaced by the other's
     assert summary["reference_ratio"] == 3.0 and summary["reference_ratio_by_workers"] == {"8": 3.0, "2": 6.0}
-    assert summary["test_accuracy"]["teacher-resnet50"] == 0.95 and summary["missing"] == ["augment", "compare"]
+    assert summary["test_accuracy"]["teacher-resnet50"] == 0.95 and summary["missing"] == ["compare"]
 
 
 def test_summarize_tolerates_a_run_cut_short(tmp_path):

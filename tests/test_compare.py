@@ -1,28 +1,60 @@
-"""`distill compare` on hand-written metrics.json files (no training, a few seconds)."""
+"""`distill compare` on hand-written metrics.json and predictions.pt files (no training, a few seconds)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import statistics
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from distill.compare import compare
+from distill.chart import Series, format_params, most_different
+from distill.compare import ACCURACY_TAG, CHART_TAG, SUMMARY_TAG, compare, markdown_summary
 from test_bad_input import assert_one_line_error
 
+N_TEST, CLASSES = 20, ["apple", "boat", "cloud"]
+LABELS = torch.arange(N_TEST) % len(CLASSES)
+TOP, OTHER = 0.75, 0.125  # exact in float16 and summing to 1, so the expected KL is exact too
 
-def fake_run(folder: Path, role: str, arch: str, accuracy: float, method: str | None = None,
-             params: int = 270_000) -> None:
+
+def write_predictions(folder: Path, right: range, labels: torch.Tensor = LABELS) -> torch.Tensor:
+    """predictions.pt whose model is right exactly on the images in `right` (else it says label + 1);
+    returns which images it gets right."""
+    correct = torch.zeros(len(labels), dtype=torch.bool)
+    correct[list(right)] = True
+    top1 = torch.where(correct, labels, (labels + 1) % len(CLASSES))
+    probs = torch.full((len(labels), len(CLASSES)), OTHER).index_put_((torch.arange(len(labels)), top1),
+                                                                      torch.tensor(TOP))
+    torch.save({"format": "distill-predictions", "version": 1, "classes": CLASSES, "labels": labels, "top1": top1,
+                "probs": probs.half(), "tta": False}, folder / "predictions.pt")
+    return correct
+
+
+def fake_run(folder: Path, role: str, arch: str, accuracy: float | None = None, method: str | None = None,
+             params: int = 270_000, right: range | None = None, seed: int | None = None, **extra) -> None:
+    """A finished run: metrics.json, plus predictions.pt when `right` (the images it gets right) is given."""
     folder.mkdir(parents=True)
+    if right is not None:
+        correct = write_predictions(folder, right).double()
+        accuracy = correct.mean().item()
+        extra |= {"test_images": N_TEST, "per_class_accuracy": {
+            c: correct[LABELS == k].mean().item() for k, c in enumerate(CLASSES)}}
     metrics = {"role": role, "arch": arch, "method": method, "params": params, "gflops": 0.08,
                "test_accuracy": accuracy, "best_val_accuracy": float("nan"), "epochs": 3, "wall_seconds": 75.0,
-               "train_images_per_second": 1234.5}
+               "train_images_per_second": 1234.5, **extra}
+    if seed is not None:
+        metrics["seed"] = seed
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
 @pytest.fixture
 def runs(tmp_path) -> Path:
+    """Old runs: no predictions.pt, no seeds."""
     exp = tmp_path / "exp"
     fake_run(exp / "student-resnet20-kd", "student", "resnet20", 0.9215, "kd")
     fake_run(exp / "student-resnet20-dkd", "student", "resnet20", 0.9100, "dkd")
@@ -33,12 +65,43 @@ def runs(tmp_path) -> Path:
     return tmp_path
 
 
+# Seeds 0-2 of a resnet8x4 baseline and KD student, one DKD student: the images each gets right.
+BASELINE_RIGHT = {0: range(12), 1: range(11), 2: range(13)}  # 60%, 55%, 65%
+KD_RIGHT = {0: [*range(10), *range(12, 18)], 1: range(14), 2: range(17)}  # 80%, 70%, 85%
+DKD_RIGHT = range(7)  # 35%: wrong on 5 images its baseline gets right, right on none it gets wrong
+TEACHER_RIGHT = range(18)
+
+
+def name(kind: str, seed: int) -> str:
+    return f"{kind}-resnet8x4{'-kd' if kind == 'student' else ''}{f'-seed{seed}' if seed else ''}"
+
+
+@pytest.fixture
+def scored(tmp_path) -> Path:
+    """One experiment whose runs all have predictions.pt: every gain, interval, p and agreement is known."""
+    exp = tmp_path / "exp"
+    teacher = {"path": "elsewhere/teacher-resnet50/best.pt", "arch": "resnet50", "test_accuracy": 0.9}
+    small = {"arch": "resnet8x4", "params": 1_230_000, "teacher": teacher}
+    fake_run(exp / "teacher-resnet50", "teacher", "resnet50", params=23_500_000, right=TEACHER_RIGHT, seed=0)
+    for seed in (0, 1, 2):
+        fake_run(exp / name("baseline", seed), "baseline", method="none", right=BASELINE_RIGHT[seed], seed=seed,
+                 **{k: v for k, v in small.items() if k != "teacher"})
+        fake_run(exp / name("student", seed), "student", method="kd", right=KD_RIGHT[seed], seed=seed, **small)
+    fake_run(exp / "student-resnet8x4-dkd", "student", method="dkd", right=DKD_RIGHT, seed=0, **small)
+    return exp
+
+
+def flat(text: str) -> str:
+    """The text with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
 def by_name(result: dict) -> dict:
-    return {r["name"]: r for r in result["runs"]}
+    return {Path(r["name"]).name: r for r in result["runs"]}
 
 
 def test_gain_is_over_the_baseline_of_the_same_arch_in_the_same_experiment(runs):
-    rows = by_name(compare(runs))
+    rows = {r["name"]: r for r in compare(runs)["runs"]}
     assert rows["exp/student-resnet20-kd"]["gain_over_baseline"] == pytest.approx(0.65)
     assert rows["exp/student-resnet20-dkd"]["gain_over_baseline"] == pytest.approx(-0.5)
     assert rows["exp/student-resnet8x4-kd"]["gain_over_baseline"] is None  # its arch's baseline is elsewhere
@@ -56,17 +119,209 @@ def test_json_output_chart_and_tensorboard_image(runs, cli):
     result = json.loads(cli("compare", runs / "exp", "--json").out)
     assert len(result["runs"]) == 5 and result["chart"] == str(runs / "exp" / "compare.png")
     expected = {"name", "path", "role", "arch", "method", "params", "gflops", "test_accuracy", "best_val_accuracy",
-                "epochs", "wall_seconds", "train_images_per_second", "gain_over_baseline"}
+                "epochs", "wall_seconds", "train_images_per_second", "gain_over_baseline", "seed", "gain_interval",
+                "mcnemar_p", "teacher_agreement", "teacher_kl", "baseline_run", "teacher_run"}
     assert all(set(r) == expected for r in result["runs"])
+    assert result["aggregates"] == [] and result["notes"] == []
+    assert all(r[k] is None for r in result["runs"] for k in ("gain_interval", "mcnemar_p", "teacher_agreement"))
     with Image.open(result["chart"]) as chart:
         assert chart.size == (960, 600) and chart.mode == "RGB"
     assert cli("compare", runs / "exp", "--json").code == 0  # a second comparison replaces the first image
-    assert len(list((runs / "exp" / "compare").glob("events.out.tfevents.*"))) == 1
+    teacher = runs / "exp" / "teacher-resnet50"  # the first run shown holds compare's TensorBoard output
+    assert result["tensorboard"] == str(teacher) and not (runs / "exp" / "compare").exists()
+    assert len(list(teacher.glob("events.out.tfevents.*.distill-compare"))) == 1
 
 
-def test_table_names_every_run(runs, cli):
+def test_table_names_every_run_and_shows_dashes_without_predictions(runs, cli):
     out = cli("compare", runs).out
-    assert all(name in out for name in ("teacher-resnet50", "student-resnet20-kd", "+0.65", "-0.50", "1m15.0s"))
+    assert all(name in out for name in ("teacher-resnet50", "student-resnet20-kd", "+0.65", "-0.50"))
+    assert "student-resnet20-kd: +0.65 points over baseline-resnet20 (without both runs' predictions.pt" \
+        in flat(out)
+    line = next(line for line in out.splitlines() if line.startswith("student-resnet20-dkd "))
+    assert line.split()[-2:] == ["-0.50", "-"]  # no interval, no agreement
+    assert "1m15.0s" in cli("compare", runs, "--wide").out
+
+
+def test_paired_gain_interval_mcnemar_agreement_and_kl_are_exact(scored, cli):
+    rows = by_name(json.loads(cli("compare", scored, "--json").out))
+    kd = rows["student-resnet8x4-kd"]
+    # kd vs baseline (seed 0): right on 12-17 where the baseline is wrong (b = 6), wrong on 10-11 (c = 2).
+    d = [1.0] * 6 + [-1.0] * 2 + [0.0] * 12
+    half = 1.96 * statistics.stdev(d) / math.sqrt(N_TEST)
+    assert kd["baseline_run"] == "baseline-resnet8x4" and kd["seed"] == 0
+    assert kd["gain_over_baseline"] == pytest.approx(20.0)
+    assert kd["gain_interval"] == [pytest.approx(100 * (0.2 - half), abs=1e-4), pytest.approx(100 * (0.2 + half),
+                                                                                               abs=1e-4)]
+    assert kd["mcnemar_p"] == pytest.approx(2 * (1 + 8 + 28) / 2 ** 8)  # 2 P(X <= 2), X ~ B(8, 1/2)
+    # The teacher is wrong on 18-19 like kd (both say label + 1); kd is also wrong on 10-11: 18 of 20 agree.
+    assert kd["teacher_run"] == "teacher-resnet50" and kd["teacher_agreement"] == pytest.approx(0.9)
+    assert kd["teacher_kl"] == pytest.approx(2 / 20 * (TOP - OTHER) * math.log(TOP / OTHER))
+    dkd = rows["student-resnet8x4-dkd"]
+    assert dkd["gain_over_baseline"] == pytest.approx(-25.0) and dkd["mcnemar_p"] == pytest.approx(0.0625)
+    seed1 = rows["student-resnet8x4-kd-seed1"]
+    assert seed1["baseline_run"] == "baseline-resnet8x4-seed1" and seed1["gain_over_baseline"] == pytest.approx(15)
+    assert seed1["mcnemar_p"] == pytest.approx(2 * 1 / 2 ** 3)  # b = 3 (images 11-13), c = 0
+    base = rows["baseline-resnet8x4"]
+    assert base["gain_interval"] is None and base["teacher_agreement"] == pytest.approx(14 / 20)  # 0-11, 18-19
+    assert rows["teacher-resnet50"]["teacher_agreement"] is None
+
+
+def test_seeds_aggregate_to_mean_sd_and_paired_t_test(scored, cli):
+    result = json.loads(cli("compare", scored, "--json").out)
+    aggregates = {a["role"] + "/" + a["method"]: a for a in result["aggregates"]}
+    assert set(aggregates) == {"student/kd", "baseline/none"}  # dkd has one seed, the teacher one
+    kd = aggregates["student/kd"]
+    assert kd["seeds"] == [0, 1, 2] and kd["runs"] == [name("student", s) for s in (0, 1, 2)]
+    assert kd["test_accuracy_mean"] == pytest.approx(statistics.mean([0.80, 0.70, 0.85]))
+    assert kd["test_accuracy_std"] == pytest.approx(statistics.stdev([0.80, 0.70, 0.85]))
+    assert kd["gain_mean"] == pytest.approx(55 / 3) and kd["gain_std"] == pytest.approx(statistics.stdev([20, 15, 20]))
+    # d = 0.20, 0.15, 0.20: t = mean / (sd / sqrt(3)) = 11; df = 2: p = 1 - t / sqrt(t^2 + 2)
+    assert kd["t"] == pytest.approx(11.0) and kd["df"] == 2 and kd["p"] == pytest.approx(1 - 11 / math.sqrt(123))
+    assert aggregates["baseline/none"]["gain_mean"] is None and aggregates["baseline/none"]["p"] is None
+    out = cli("compare", scored).out
+    assert "student resnet8x4 kd" in out and "78.33 ± 7.64" in out and "+18.33 ± 2.89" in out
+
+
+def test_the_default_table_reads_whole_in_80_columns(scored, cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = compare(scored)
+    out = cli("compare", scored).out
+    everything = out.splitlines()
+    header = next(i for i, line in enumerate(everything) if line.startswith("run "))
+    lines = everything[header:next(i for i, line in enumerate(everything) if line.startswith("gain: test accuracy"))]
+    table = "\n".join(lines)
+    assert "…" not in out and max(len(line) for line in out.split("charts: ")[0].splitlines()) <= 80
+    for row in result["runs"]:
+        mine = next(line for line in lines if line.startswith(Path(row["name"]).name + " "))
+        if row["gain_interval"]:
+            lo, hi = row["gain_interval"]
+            assert f"{row['gain_over_baseline']:+.2f} [{lo:+.2f},{hi:+.2f}]" in mine
+        if row["teacher_agreement"] is not None:
+            assert f"{100 * row['teacher_agreement']:.2f}%" in mine
+        assert f"{100 * row['test_accuracy']:.2f}%" in mine and f"{row['params'] / 1e6:.2f}M" in mine
+    assert "McNemar p" not in table and "KL" not in table  # --wide only
+    assert "student-resnet8x4-kd: +20.00 points over baseline-resnet8x4, 95% CI [" in flat(out)
+    assert "McNemar p = 0.289: not significant — within noise" in flat(out)
+
+
+def test_wide_shows_every_column(scored, cli):
+    out = cli("compare", scored, "--wide").out
+    header = next(line for line in out.splitlines() if line.startswith("run "))
+    for column in ("role", "arch", "method", "seed", "GFLOPs", "best val", "McNemar p", "agree", "KL", "epochs",
+                   "wall time", "img/s"):
+        assert column in header, column
+    kd = next(line for line in out.splitlines() if line.startswith("student-resnet8x4-kd "))
+    assert "0.289" in kd and "1m15.0s" in kd and "…" not in out
+
+
+def test_broken_predictions_give_a_note_not_a_crash(scored, cli):
+    (scored / "student-resnet8x4-kd" / "predictions.pt").write_bytes(b"not a zip at all")
+    torch.save({"weights": torch.zeros(3)}, scored / "student-resnet8x4-dkd" / "predictions.pt")
+    write_predictions(scored / "student-resnet8x4-kd-seed1", range(14), labels=LABELS.flip(0))  # another split
+    result = json.loads(cli("compare", scored, "--json").out)
+    rows = by_name(result)
+    assert rows["student-resnet8x4-kd"]["gain_over_baseline"] == pytest.approx(20.0)  # from metrics.json
+    assert all(rows[n]["gain_interval"] is None and rows[n]["mcnemar_p"] is None and rows[n]["teacher_kl"] is None
+               for n in ("student-resnet8x4-kd", "student-resnet8x4-dkd", "student-resnet8x4-kd-seed1"))
+    assert result["notes"] == [
+        "student-resnet8x4-dkd: predictions.pt is not a distill predictions file; treated as missing",
+        "student-resnet8x4-kd: predictions.pt is unreadable; treated as missing",
+        "student-resnet8x4-kd-seed1: its test labels differ from baseline-resnet8x4-seed1's (another test split?); "
+        "no interval or p for its gain",
+        "student-resnet8x4-kd-seed1: its test labels differ from teacher-resnet50's (another test split?); "
+        "no agreement or KL"]
+    out = cli("compare", scored)
+    assert out.code == 0 and "note: student-resnet8x4-kd: predictions.pt is unreadable" in out.out
+
+
+def test_the_teacher_is_found_by_its_checkpoint_path(scored, cli, monkeypatch):
+    fake_run(scored / "teacher-wrn", "teacher", "resnet50", params=23_500_000, right=range(20), seed=0)
+    rows = by_name(json.loads(cli("compare", scored, "--json").out))
+    assert rows["student-resnet8x4-kd"]["teacher_run"] == "teacher-resnet50"  # by folder name
+    assert rows["baseline-resnet8x4"]["teacher_run"] is None  # two teachers, no path: none is guessed
+    monkeypatch.chdir(scored.parent)  # the path as given at training time, relative to this folder
+    metrics = json.loads((scored / "student-resnet8x4-dkd" / "metrics.json").read_text())
+    metrics["teacher"]["path"] = "exp/teacher-wrn/best.pt"
+    (scored / "student-resnet8x4-dkd" / "metrics.json").write_text(json.dumps(metrics))
+    rows = by_name(json.loads(cli("compare", scored, "--json").out))
+    assert rows["student-resnet8x4-dkd"]["teacher_run"] == "teacher-wrn"
+    assert rows["student-resnet8x4-dkd"]["teacher_agreement"] == pytest.approx(7 / 20)
+
+
+def digest(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_named_compare_is_left_intact(scored, cli):
+    run = scored / "compare"
+    fake_run(run, "student", "resnet8x4", method="kd", params=1_230_000, right=range(15), seed=7)
+    (run / "last.pt").write_bytes(b"weights")
+    (run / "events.out.tfevents.1700000000.host.1.0").write_bytes(b"the run's own curves")
+    before = digest(run)
+    for _ in range(2):
+        result = json.loads(cli("compare", scored, "--json").out)
+        assert digest(run) == before
+    assert "compare" in by_name(result)  # and it is compared like any run
+
+
+def test_compare_adds_one_event_file_of_its_own_and_never_touches_the_runs(scored, cli):
+    teacher = scored / "teacher-resnet50"
+    own = teacher / "events.out.tfevents.1700000000.host.1.0"
+    own.write_bytes(b"the teacher's curves")
+    before = {p.name: p.read_bytes() for p in teacher.iterdir()}
+    for _ in range(2):
+        assert json.loads(cli("compare", scored, "--json").out)["tensorboard"] == str(teacher)
+    after = {p.name: p.read_bytes() for p in teacher.iterdir()}
+    added = sorted(set(after) - set(before))
+    assert len(added) == 1 and added[0].endswith(".distill-compare")  # the second call replaced the first's
+    assert all(after[name] == data for name, data in before.items())
+    assert not (scored / "compare").exists()
+
+
+def test_charts_are_pngs_and_tensorboard_has_them_and_a_summary(scored, cli):
+    result = json.loads(cli("compare", scored, "--json").out)
+    names = [Path(p).name for p in result["charts"]]
+    assert names == ["compare.png", "compare_accuracy.png", "compare_per_class_resnet8x4.png"]
+    sizes = {}
+    for path in result["charts"]:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.mode == "RGB"
+            sizes[Path(path).name] = image.size
+    assert sizes["compare.png"] == (960, 600)
+    assert sizes["compare_accuracy.png"] == (960, 170 + 52 * 8)  # one row per run
+    assert sizes["compare_per_class_resnet8x4.png"][0] == 960
+    events = EventAccumulator(result["tensorboard"], size_guidance={"images": 0, "tensors": 0}).Reload()
+    assert events.Tags()["images"] == [CHART_TAG, ACCURACY_TAG, "compare/per_class/resnet8x4"]
+    assert f"{SUMMARY_TAG}/text_summary" in events.Tags()["tensors"]
+
+
+def test_markdown_summary_lists_every_run_with_its_gain(scored):
+    result = compare(scored)
+    text = markdown_summary(result)
+    lines = text.splitlines()
+    assert lines[0] == "| run | params | test acc | gain [95% CI] | McNemar p | agree |"
+    kd = next(line for line in lines if line.startswith("| student-resnet8x4-kd |"))
+    assert "| 1.23M | 80.00% | +20.00 [" in kd and "| 0.289 | 90.00% |" in kd
+    assert "- student-resnet8x4-kd: +20.00 points over baseline-resnet8x4" in text
+
+
+def test_parameter_ticks_use_one_unit():
+    assert [format_params(v) for v in (5e4, 2.7e5, 1e6, 1.23e6, 2.35e7, 1e8)] == \
+        ["0.05M", "0.27M", "1M", "1.23M", "23.5M", "100M"]
+
+
+def test_many_classes_show_the_largest_student_vs_baseline_gaps():
+    classes = [f"class{i}" for i in range(30)]
+    student = [50.0 + (i if i % 3 == 0 else 0.5) for i in range(30)]  # big gaps at 0, 3, ..., 27 (0 is none)
+    series = [Series("teacher", "teacher", [90.0] * 30), Series("baseline", "baseline", [50.0] * 30),
+              Series("student kd (3 seeds)", "student", student)]
+    picked, kept, subtitle = most_different(classes, series)
+    # the 9 big gaps, then the first 3 of the equal small ones (1, 2, 4), in class order
+    assert picked == [f"class{i}" for i in (1, 2, 3, 4, 6, 9, 12, 15, 18, 21, 24, 27)]
+    assert [len(s.values) for s in kept] == [12, 12, 12]
+    assert subtitle == "12 of 30 classes: the largest student kd vs baseline gaps"
+    assert most_different(classes[:12], series)[0] == classes[:12]
 
 
 def broken_run(root: Path, text: str) -> None:

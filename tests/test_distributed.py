@@ -59,7 +59,8 @@ def one_writer(out: Path, launches: int) -> None:
     names = sorted(p.name for p in out.iterdir())
     events = [n for n in names if n.startswith("events.out.tfevents")]
     assert len(events) == launches, names
-    assert [n for n in names if n not in events] == ["best.pt", "config.json", "last.pt", "metrics.json"]
+    kept = ["best.pt", "config.json", "last.pt", "metrics.json", "predictions.pt"]
+    assert [n for n in names if n not in events] == kept
 
 
 def test_rank_batch_splits_each_global_batch_into_disjoint_shards():

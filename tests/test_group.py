@@ -102,3 +102,39 @@ def test_runs_at_different_steps_are_refused(teacher, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"stand at different points of training \(\[\(0, 0\), \(0, 2\)\]\)"):
         train_group(resumed)
     assert torch.load(tmp_path / "g" / "dkd" / "last.pt", weights_only=True)["step_in_epoch"] == 2
+
+
+def test_a_group_writes_predictions_and_each_students_paired_gain_and_fidelity(teacher, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from distill import stats
+    from distill.runlog import HPARAM_COLUMNS
+
+    metrics = train_group(configs(teacher, tmp_path))
+    preds = {name: torch.load(tmp_path / name / "predictions.pt", weights_only=True) for name in ("kd", "dkd", "base")}
+    for name, m in zip(("kd", "dkd", "base"), metrics):
+        p = preds[name]
+        assert p["format"] == "distill-predictions" and p["probs"].dtype == torch.float16
+        # top1 is the float32 argmax; the stored float16 probabilities may only tie where it was a near tie
+        assert (p["top1"] == p["probs"].float().argmax(1)).float().mean() > 0.9
+        assert (p["top1"] == p["labels"]).float().mean().item() == pytest.approx(m["test_accuracy"])
+    kd, base = metrics[0], metrics[2]
+    right, base_right = preds["kd"]["top1"] == preds["kd"]["labels"], preds["base"]["top1"] == preds["base"]["labels"]
+    gain = stats.paired_gain(right, base_right)
+    assert kd["baseline"] == "base" and kd["gain_over_baseline"] == pytest.approx(gain.points)
+    assert kd["gain_interval"] == pytest.approx([gain.low, gain.high])
+    assert kd["mcnemar_p"] == pytest.approx(stats.mcnemar_exact(*stats.discordant(right, base_right)))
+    assert metrics[1].get("gain_over_baseline") is None  # resnet14 has no baseline in this group
+    assert "gain_over_baseline" not in base and "teacher_agreement" not in base
+    teacher_preds = torch.load(teacher[1].parent / "predictions.pt", weights_only=True)
+    assert torch.equal(teacher_preds["labels"], preds["kd"]["labels"])
+    assert kd["teacher_agreement"] == pytest.approx(stats.agreement(teacher_preds["top1"], preds["kd"]["top1"]))
+    assert kd["teacher_kl"] == pytest.approx(stats.mean_kl(teacher_preds["probs"], preds["kd"]["probs"]), abs=1e-3)
+
+    events = EventAccumulator(str(tmp_path / "kd"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    summary = events.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "gain over base" in summary and "McNemar p" in summary and "agreement with the teacher" in summary
+    experiment = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    assert all(name.encode() in experiment for name in HPARAM_COLUMNS)
+    assert experiment.index(b"role") < experiment.index(b"arch") < experiment.index(b"method") < experiment.index(b"alpha")

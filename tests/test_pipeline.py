@@ -78,7 +78,9 @@ def test_pipeline_makes_three_runs_with_the_same_tags_and_an_hparams_summary(exp
         tags.append(set(events.Tags()["scalars"]))
         assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
         assert (experiment["out"] / name / "metrics.json").is_file()
-    assert SCALARS <= tags[0] and tags[0] == tags[1] == tags[2]
+    assert all(SCALARS | {"hparam/test_accuracy"} <= t for t in tags)  # the same curves in every run
+    extra = {"hparam/gain_over_baseline", "hparam/teacher_agreement"}  # a student's HPARAMS metrics
+    assert extra <= tags[1] and not extra & (tags[0] | tags[2])
 
 
 def test_compare_json_lists_every_run_and_draws_the_chart(experiment, cli):
@@ -90,8 +92,14 @@ def test_compare_json_lists_every_run_and_draws_the_chart(experiment, cli):
                                                                  - result["runs"][1]["test_accuracy"]))
     with Image.open(result["chart"]) as chart:
         assert chart.size == (960, 600)
-    images = accumulator(experiment["out"] / "compare").Tags()["images"]
-    assert images == ["compare/accuracy_vs_params"]
+    images = accumulator(experiment["out"] / "teacher-resnet8").Tags()["images"]  # no run of its own
+    assert images == ["test/confusion_matrix", "compare/accuracy_vs_params", "compare/test_accuracy",
+                      "compare/per_class/resnet8"]
+    assert not (experiment["out"] / "compare").exists()
+    # The student's gain, paired image by image, is in its metrics.json already (it trained beside its baseline).
+    metrics = json.loads((experiment["out"] / "student-resnet8-kd" / "metrics.json").read_text())
+    assert metrics["gain_over_baseline"] == pytest.approx(student["gain_over_baseline"])
+    assert metrics["gain_interval"] == pytest.approx(student["gain_interval"])
 
 
 def test_the_student_and_its_baseline_train_together_after_the_teacher(experiment):
@@ -186,3 +194,32 @@ def test_an_interrupted_stage_says_how_to_continue_the_pipeline(tmp_path, cli, m
     result = cli("pipeline", "--config", write(tmp_path / "p.toml", GOOD), "--out", tmp_path / "out")
     assert result.code == 130
     assert "or rerun this distill pipeline command: finished stages are skipped" in result.err
+
+
+def test_seeds_run_every_student_and_baseline_once_per_seed_and_the_teacher_once(tmp_path):
+    from distill.pipeline import plan_groups
+
+    text = ('seeds = [0, 1, 2]\n[common]\nseed = 7\n[teacher]\narch = "resnet8"\n'
+            '[[students]]\narch = "resnet8"\n[[students]]\narch = "resnet14"\nmethod = "dkd"\n')
+    pipe = load_pipeline(write(tmp_path / "seeds.toml", text), {"data": "d"}, str(tmp_path / "out"))
+    names = [s.name for s in pipe.stages]
+    per_seed = ["student-resnet8-kd", "student-resnet14-dkd", "baseline-resnet8", "baseline-resnet14"]
+    assert names == ["teacher-resnet8"] + [f"{n}-seed{seed}" for seed in (0, 1, 2) for n in per_seed]
+    cfgs = {s.name: s.config(pipe.out) for s in pipe.stages}
+    assert cfgs["teacher-resnet8"].seed == 7  # the teacher keeps the file's seed
+    assert cfgs["baseline-resnet14-seed2"].seed == 2 and cfgs["student-resnet8-kd-seed1"].seed == 1
+    assert [[s.name for s in g] for g in plan_groups(pipe)] == [
+        ["teacher-resnet8"], *[[f"{n}-seed{seed}" for n in per_seed] for seed in (0, 1, 2)]]
+
+
+@pytest.mark.parametrize(("seeds", "extra", "match"), [
+    ("[]", "", r"'seeds' must be a list of distinct integers"),
+    ("[0, 0]", "", r"'seeds' must be a list of distinct integers"),
+    ('["a"]', "", r"'seeds' must be a list of distinct integers"),
+    ("[-1]", "", r"'seeds' must be a list of distinct integers"),
+    ("3", "", r"'seeds' must be a list"),
+    ("[0, 1]", "seed = 4\n", r"sets 'seed' while 'seeds' lists them all"),
+])
+def test_bad_seeds_are_one_line_errors(tmp_path, seeds, extra, match):
+    with pytest.raises(UserError, match=match):
+        load_pipeline(write(tmp_path / "bad.toml", f"seeds = {seeds}\n" + GOOD + extra), {})
