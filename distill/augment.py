@@ -13,9 +13,7 @@ and launch many small kernels (3-8% of a ResNet50 step each on an H200).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -25,114 +23,10 @@ from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with
 from torch import Tensor, nn
 
 from distill.augment_policy import trivial_augment
-from distill.errors import UserError
+from distill.augment_spec import AugmentConfig, parse_augment  # noqa: F401  (torch-free; re-exported here)
 
-# Policies applied per sample after crop and flip, by name (the `policy` field).
+# The op of each policy name of the spec (tests/test_cli.py checks they match augment_spec.POLICIES).
 _POLICIES: dict[str, Callable[[Tensor], Tensor] | None] = {"none": None, "trivial": trivial_augment}
-
-# Allowed [low, high] for each numeric field; ColorJitter's hue range is s/4 turns, capped at 0.5 as kornia's.
-_LIMITS: dict[str, tuple[float, float]] = {
-    "crop_padding": (0, math.inf),
-    "color_jitter": (0.0, 2.0),
-    "cutout": (0.0, 1.0),
-    "cutout_size": (0, math.inf),
-    "mixup": (0.0, math.inf),
-    "cutmix": (0.0, math.inf),
-    "mix_prob": (0.0, 1.0),
-}
-# Allowed names for each string field.
-_CHOICES: dict[str, tuple[str, ...]] = {"policy": tuple(_POLICIES)}
-
-
-@dataclass
-class AugmentConfig:
-    crop_padding: int = 4  # random crop after reflect padding: the standard CIFAR translation; 0 disables
-    flip: bool = True  # horizontal flip with p=0.5: CIFAR classes look the same mirrored
-    policy: str = "none"  # "trivial": TrivialAugment-wide per sample: crop+flip regularize a ResNet50 too little
-    color_jitter: float = 0.0  # strength s: brightness/contrast/saturation = s, hue = s/4 (kornia); 0 disables
-    cutout: float = 0.0  # per-sample probability of erasing a box (to 0): robustness to occlusion; 0 disables
-    cutout_size: int = 0  # box: 0 = RandomErasing's (kornia: 2-33% of the area); n = DeVries' n x n square
-    mixup: float = 0.0  # Beta(a, a) concentration for MixUp: softer targets, which KD profits from; 0 disables
-    cutmix: float = 0.0  # Beta(a, a) concentration for CutMix, 0 disables; with both on, each sample picks one
-    mix_prob: float = 1.0  # per-sample probability of mixing at all (else lam = 1): mixing slows convergence
-
-    def __post_init__(self) -> None:
-        for name, (low, high) in _LIMITS.items():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and low <= value <= high):  # also rejects NaN
-                raise UserError(f"augment {name}={value} is out of range: expected a value in [{low}, {high}]")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise UserError(f"augment {name}='{getattr(self, name)}' is not valid: expected one of "
-                                f"{', '.join(choices)}")
-
-    @classmethod
-    def none(cls) -> AugmentConfig:
-        """Everything off: the images are only converted to float."""
-        return cls(crop_padding=0, flip=False)
-
-    @classmethod
-    def strong(cls) -> AugmentConfig:
-        """Crop + flip + TrivialAugment-wide + 16x16 cutout + CutMix/MixUp on half the samples (95% teacher)."""
-        return cls(
-            policy="trivial",  # tuning-free, matches or beats AutoAugment on CIFAR (Müller & Hutter)
-            cutout=1.0,  # DeVries & Taylor's CIFAR-10 setting, also in TrivialAugment's CIFAR pipeline
-            cutout_size=16,
-            cutmix=1.0,  # Yun et al.'s CIFAR alpha: the pasted area is uniform
-            mixup=0.2,  # low alpha, lam mostly near 0 or 1: a mild blend for the samples not pasted
-            # Mixing pays off on long schedules; ours is 40-60 teacher epochs, so only half the samples mix
-            # (each picks CutMix or MixUp): a quarter pasted, a quarter blended.
-            mix_prob=0.5,
-        )
-
-
-# ---------------------------------------------------------------------------------------------- spec
-
-
-_BASES: dict[str, Callable[[], AugmentConfig]] = {
-    "default": AugmentConfig, "none": AugmentConfig.none, "strong": AugmentConfig.strong}
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _parse_bool(raw: str) -> bool:
-    if raw.lower() in _TRUE | _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(raw)
-
-
-# The converter follows each field's default type, so a new field needs no parser change.
-# A string field takes the raw text; __post_init__ checks it against _CHOICES.
-_CONVERTERS: dict[type, Callable[[str], object]] = {bool: _parse_bool, int: int, float: float, str: str}
-
-
-def _valid_keys() -> str:
-    return ", ".join(f.name for f in dataclasses.fields(AugmentConfig))
-
-
-def _parse_override(item: str) -> tuple[str, object]:
-    defaults = AugmentConfig()
-    valid = _valid_keys()
-    key, sep, raw = (part.strip() for part in item.partition("="))
-    if not sep or not hasattr(defaults, key):
-        raise UserError(f"bad augment item '{item}': expected key=value with key one of {valid} "
-                        f"(optionally after {', '.join(repr(b) for b in _BASES)})")
-    kind = type(getattr(defaults, key))
-    try:
-        return key, _CONVERTERS[kind](raw)
-    except ValueError:
-        message = f"bad augment value '{item}': {key} expects type {kind.__name__}; valid keys: {valid}"
-        raise UserError(message) from None
-
-
-def parse_augment(spec: str) -> AugmentConfig:
-    """'default', 'none', 'strong', or key=value overrides on top of one: 'mixup=0.2,cutout=0.5', 'strong,mixup=0'."""
-    items = [item.strip() for item in spec.split(",") if item.strip()]
-    base = _BASES[items.pop(0)]() if items and items[0] in _BASES else AugmentConfig()
-    overrides = dict(_parse_override(item) for item in items)
-    try:
-        return dataclasses.replace(base, **overrides)  # __post_init__ checks the ranges
-    except UserError as err:
-        raise UserError(f"{err}; valid keys: {_valid_keys()}") from None
 
 
 # --------------------------------------------------------------------------------------- batch ops

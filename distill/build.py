@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from distill.errors import UserError
 from distill.evaluation import model_from_checkpoint
 from distill.losses import METHODS
 from distill.models import build_model, make_spec, new_parameter_names
+from distill.runfolder import RunLock, check_out, make_out
 from distill.runlog import RunLogger
 from distill.runstate import Group, Run, restore, set_rng_state
 from distill.train import Learner, Loop, ModelEMA, TeacherModel, ema_decay, require_classes
@@ -64,42 +66,13 @@ def amp_dtype(cfg: C.TrainConfig, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def default_out(cfg: C.TrainConfig) -> Path:
-    if cfg.role == "teacher":
-        return Path("runs/cifar10") / f"teacher-{cfg.arch}"
-    if cfg.role == "baseline":
-        return Path("runs/cifar10") / f"baseline-{cfg.arch}"
-    return Path("runs/cifar10") / f"student-{cfg.arch}-{cfg.method}"
-
-
-def check_out(cfg: C.TrainConfig) -> Path:
-    """The run folder, refusing to mix two runs in one unless the user says --resume or --force. Writes nothing."""
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    has_run = (out / "last.pt").exists() or (out / "config.json").exists()
-    if cfg.resume and not (out / "last.pt").exists():
-        raise UserError(f"nothing to resume in {out} (no last.pt): drop --resume to start a new run")
-    if has_run and not (cfg.resume or cfg.force):
-        raise UserError(f"{out} already holds a run: add --resume to continue it or --force to start over")
-    return out
-
-
-def make_out(cfg: C.TrainConfig, out: Path) -> None:
-    """Create the run folder once every check has passed, and clear what a restart must not inherit."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the run folder {out} ({exc.strerror or exc}): choose another --out") from None
-    ckpt_io.remove_stale_temps(out)  # left by a run killed mid-save; last.pt itself is always complete
-    if cfg.force and not cfg.resume:
-        for old in out.glob("events.out.tfevents.*"):
-            old.unlink()  # the user asked to start over: old curves would interleave with the new ones
-
-
-def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str], path: Path) -> None:
+def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str] | None, path: Path) -> None:
     """Refuse, in one line listing every difference, to continue a run with settings it cannot take."""
-    saved, now = ck["config"], C.to_dict(cfg)
+    saved, now = dict(ck["config"]), C.to_dict(cfg)
+    if saved.get("data"):  # runs before 2026-11-27 stored --data as typed: relative to where they were started
+        saved["data"] = str(Path(saved["data"]).expanduser().resolve())
     diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in MUST_MATCH if k in now and saved.get(k) != now.get(k)]
-    if ck["classes"] != classes:  # same --data path, different contents: the head no longer fits
+    if classes is not None and ck["classes"] != classes:  # same --data path, new contents: the head no longer fits
         diffs.append(f"classes: {classes_text(ck['classes'])} -> {classes_text(classes)}")
     if diffs:
         raise UserError(f"cannot resume {path} with changed settings ({'; '.join(diffs)}): "
@@ -188,8 +161,6 @@ def method_kwargs(cfg: C.TrainConfig) -> dict:
 def make_method(cfg: C.TrainConfig):
     if not isinstance(cfg, C.StudentConfig):
         return METHODS.create("none", label_smoothing=cfg.label_smoothing)
-    if cfg.effective_method != "none" and not cfg.teacher:
-        raise UserError(f"--method {cfg.method} needs --teacher CKPT (or use --no-teacher for the baseline)")
     return METHODS.create(cfg.effective_method, **method_kwargs(cfg))
 
 
@@ -210,17 +181,29 @@ def make_learner(cfg: C.TrainConfig, name: str, spec: dict, stats: tuple, device
                    ema=ModelEMA(model, decay) if decay > 0 else None)
 
 
+def with_resolved_data(cfg: C.TrainConfig) -> C.TrainConfig:
+    """--data as an absolute path, so config.json lets the run be resumed from any directory."""
+    if cfg.data is None:
+        return cfg  # official CIFAR-10 from $DISTILL_DATA or the cache folder: the same from anywhere
+    return dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
+
+
 def build_group(cfgs: list[C.TrainConfig]) -> Group:
     """Everything the runs need, checked before any model trains: folders, data, models, teacher."""
+    cfgs = [with_resolved_data(cfg) for cfg in cfgs]
     check_group(cfgs)
     lead = cfgs[0]
     device = resolve_device(lead.device)
     rank, world, device = dist_util.init(device)
     configure_backends(lead, device)
     outs = [check_out(cfg) for cfg in cfgs]
-    saved = [ckpt_io.load_checkpoint(out / "last.pt") if cfg.resume else None for cfg, out in zip(cfgs, outs)]
+    saved = [ckpt_io.load_resumable(out / "last.pt") if cfg.resume else None for cfg, out in zip(cfgs, outs)]
     check_positions(saved, outs)
-    ds = load_dataset(lead.data, lead.image_size, Path(lead.cache_dir) if lead.cache_dir else None, lead.download)
+    for ck, cfg, out in zip(saved, cfgs, outs):
+        if ck is not None:
+            check_resume(ck, cfg, None, out)  # the settings now; the classes once the data is loaded
+    ds = load_dataset(lead.data, lead.image_size, Path(lead.cache_dir) if lead.cache_dir else None, lead.download,
+                      quiet=lead.quiet or rank != 0)
     splits = make_splits(ds, lead.val_size, lead.limit_train, lead.limit_test, lead.seed)
     for ck, cfg, out in zip(saved, cfgs, outs):
         if ck is not None:
@@ -232,24 +215,47 @@ def build_group(cfgs: list[C.TrainConfig]) -> Group:
     teacher, info = group_teacher(cfgs, splits.classes, device, channels_last)
     loop = make_loop(cfgs, [out.name for out in outs], splits, device, norms, teacher,
                      fresh=[ck is None for ck in saved], rank=rank, world=world)
-    if rank == 0:  # every check has passed (the teacher and any --weights file loaded): now write
-        for cfg, out in zip(cfgs, outs):
-            make_out(cfg, out)
+    locks = lock_folders(cfgs, outs) if rank == 0 else []  # every check has passed: now write
     dist_util.barrier()
-    runs = []
-    for cfg, out, ck, norm, learner in zip(cfgs, outs, saved, norms, loop.learners):
-        logger = RunLogger(out, out.name, cfg.epochs, cfg.quiet, ck["epoch"] + 1 if ck else None,
-                           enabled=rank == 0, live=not runs)  # one progress bar per group
-        runs.append(Run(cfg, out, learner_spec(cfg, splits), norm, splits.classes, learner, logger, is_main=rank == 0,
-                        teacher_info=dict(info) if needs_teacher(cfg) else None))
-        if ck is not None:
-            restore(runs[-1], ck)
-    if saved[0] is not None:
-        set_rng_state(saved[0]["rng"])  # every member saved the same state: they stopped at the same step
-    compile_models(loop, cfgs)
-    for learner in loop.learners:
-        learner.model = dist_util.wrap(learner.model, device, lead.sync_bn)
-    return Group(runs, loop, splits, device)
+    try:
+        runs = [start_run(cfg, out, ck, norm, learner, splits, info, rank, live=i == 0)
+                for i, (cfg, out, ck, norm, learner) in enumerate(zip(cfgs, outs, saved, norms, loop.learners))]
+        if saved[0] is not None:
+            set_rng_state(saved[0]["rng"])  # every member saved the same state: they stopped at the same step
+        compile_models(loop, cfgs)
+        for learner in loop.learners:
+            learner.model = dist_util.wrap(learner.model, device, lead.sync_bn)
+        return Group(runs, loop, splits, device, locks=locks)
+    except BaseException:
+        for lock in locks:  # the folders are free again for the user's next attempt
+            lock.release()
+        raise
+
+
+def start_run(cfg: C.TrainConfig, out: Path, ck: dict | None, norm: dict, learner: Learner, splits: Splits,
+              teacher_info: dict, rank: int, live: bool) -> Run:
+    """One run's logger and state, restored from its last.pt when it continues (`live`: it draws the group's
+    one progress bar)."""
+    logger = RunLogger(out, out.name, cfg.epochs, cfg.quiet, ck["epoch"] + 1 if ck else None, enabled=rank == 0,
+                       live=live)
+    run = Run(cfg, out, learner_spec(cfg, splits), norm, splits.classes, learner, logger, is_main=rank == 0,
+              teacher_info=dict(teacher_info) if needs_teacher(cfg) else None)
+    if ck is not None:
+        restore(run, ck)
+    return run
+
+
+def lock_folders(cfgs: list[C.TrainConfig], outs: list[Path]) -> list[RunLock]:
+    """Create and lock every run folder, or none: a refusal releases the locks already taken."""
+    locks: list[RunLock] = []
+    try:
+        for cfg, out in zip(cfgs, outs):
+            locks.append(make_out(cfg, out))
+    except UserError:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks
 
 
 def learner_spec(cfg: C.TrainConfig, splits: Splits) -> dict:

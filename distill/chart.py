@@ -181,7 +181,9 @@ def accuracy_per_run(points: list[Point], title: str) -> np.ndarray:
     rows = range(len(points))[::-1]  # the first run on top, as in the table
     for y, p in zip(rows, points):
         low, high = p.interval or (p.accuracy, p.accuracy)
-        ax.errorbar([p.accuracy], [y], xerr=[[p.accuracy - low], [high - p.accuracy]], fmt="o", markersize=13,
+        # max(0, ...): at 0% or 100% the interval's end equals the point up to rounding
+        ax.errorbar([p.accuracy], [y], xerr=[[max(0.0, p.accuracy - low)], [max(0.0, high - p.accuracy)]], fmt="o",
+                    markersize=13,
                     color=colour(p.role), capsize=7, elinewidth=3, capthick=3)
         ax.annotate(f"{p.accuracy:.2f}%", (high, y), xytext=(12, 0), textcoords="offset points", va="center",
                     fontsize=SMALL, color=colour(p.role))

@@ -7,6 +7,7 @@ A distill checkpoint is a plain dict of tensors, numbers, strings and lists, so 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pickle
 import re
@@ -51,7 +52,8 @@ def write_text_atomic(text: str, path: Path) -> None:
     write_atomic(path, lambda fh: fh.write(text.encode()))
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object],
+                 advice: str = "free disk space or choose another --out") -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it.
 
     A crash at any moment leaves either the old complete file or the new one, never a torn file; a
@@ -71,8 +73,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise UserError(f"could not write {path} ({exc.strerror or exc}): free disk space or choose another "
-                            f"--out; the previous {path.name}, if any, is untouched") from None
+            raise UserError(f"could not write {path} ({exc.strerror or exc}): {advice}; the previous {path.name}, "
+                            f"if any, is untouched") from None
         raise
     fsync_dir(path.parent)
 
@@ -127,7 +129,57 @@ def load_checkpoint(path: Path) -> dict:
     missing = [k for k in ("spec", "model", "classes", "normalization", "config") if k not in ckpt]
     if missing:
         raise UserError(f"{path} is an incomplete distill checkpoint (missing {', '.join(missing)}): use another file")
+    check_metadata(ckpt, path)
     return ckpt
+
+
+# What last.pt holds beyond the weights: a checkpoint without them (best.pt) can be evaluated, not resumed.
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "epoch", "step_in_epoch", "best_val", "eval_weights",
+               "wall_seconds", "train_images", "train_seconds")
+
+
+def load_resumable(path: Path) -> dict:
+    """A distill checkpoint that holds everything needed to continue training (last.pt)."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} cannot be resumed: it holds weights but no training state ({', '.join(missing[:3])}"
+                        f"{', ...' if len(missing) > 3 else ''}; a copy of best.pt?): restore the run's own last.pt, "
+                        f"or start over with --force")
+    return ckpt
+
+
+def check_metadata(ckpt: dict, path: Path) -> None:
+    """The model spec, classes and normalization a checkpoint brings: hand-edited or damaged ones are refused
+    in one line here, instead of failing somewhere inside model building or preprocessing."""
+    problem = metadata_problem(ckpt["spec"], ckpt["classes"], ckpt["normalization"])
+    if problem:
+        raise UserError(f"{path} has damaged metadata ({problem}): use an unedited checkpoint written by distill")
+
+
+def metadata_problem(spec: object, classes: object, norm: object) -> str | None:
+    if not isinstance(spec, dict) or spec.get("family") not in ("teacher", "student"):
+        return "its model spec has no family (teacher or student)"
+    if not isinstance(spec.get("arch"), str):
+        return "its model spec has no arch"
+    if not (isinstance(spec.get("input_size"), int) and spec["input_size"] >= 8):
+        return f"input size {spec.get('input_size')!r} is not an integer of at least 8"
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        return "its class names are not a list of at least 2 names"
+    if spec.get("num_classes") != len(classes):
+        return f"its model has {spec.get('num_classes')!r} outputs for {len(classes)} classes"
+    if not _valid_normalization(norm):
+        return "its normalization is not 3 finite means and 3 positive finite stds"
+    return None
+
+
+def _valid_normalization(norm: object) -> bool:
+    if not isinstance(norm, dict):
+        return False
+    mean, std = norm.get("mean"), norm.get("std")
+    numbers = lambda v: isinstance(v, list) and len(v) == 3 and all(  # noqa: E731
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    return numbers(mean) and numbers(std) and min(std) > 0
 
 
 def looks_like_state_dict(obj: object) -> bool:

@@ -4,6 +4,7 @@ so every option has help text and the same name in TOML files and on the command
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import inspect
 import json
 import sys
@@ -18,7 +19,7 @@ try:  # typer >= 0.20 vendors click; older releases depend on it
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions
 
-from distill import config as C
+from distill import config as C  # torch-free, like everything imported here: see training_command
 from distill.errors import UserError
 
 # typer >= 0.20 raises its own Exit/Abort; older releases raise click's.
@@ -29,7 +30,38 @@ app = typer.Typer(
     help="Knowledge distillation for PyTorch: train a strong CIFAR teacher, distill it into small students, "
     "compare them.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},  # subcommands inherit it: `distill teach -h`
 )
+
+
+def package_version() -> str:
+    """The installed distribution's version; a source tree that was never installed has only __version__."""
+    try:
+        return importlib.metadata.version("distill")
+    except importlib.metadata.PackageNotFoundError:
+        from distill import __version__
+
+        return __version__
+
+
+def show_version(value: bool) -> None:
+    if value:
+        print(f"distill {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    # No docstring: it would replace the app's help text.
+    pass
+
+
+def bool_flags(name: str) -> str:
+    """--x/--no-x, except that a name already saying no pairs as --no-teacher/--with-teacher (not --no-no-...)."""
+    if name.startswith("no_"):
+        return f"--{C.dash(name)}/--with-{C.dash(name[3:])}"
+    return f"--{C.dash(name)}/--no-{C.dash(name)}"
 
 
 def option_parameters(cls) -> list[inspect.Parameter]:
@@ -38,8 +70,7 @@ def option_parameters(cls) -> list[inspect.Parameter]:
     params = []
     for f in dataclasses.fields(cls):
         kind = C.base_type(hints[f.name])
-        flag = f"--{C.dash(f.name)}"
-        decls = [f"{flag}/--no-{C.dash(f.name)}"] if kind is bool else [flag]
+        decls = [bool_flags(f.name) if kind is bool else f"--{C.dash(f.name)}"]
         help_text = f.metadata["help"] + ("" if kind is bool or f.default is None else f"  [default: {f.default}]")
         option = typer.Option(None, *decls, help=help_text, show_default=False)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
@@ -52,21 +83,29 @@ def saved_config(cls, cli_values: dict) -> dict:
     if not cli_values.get("resume"):
         return {}
     cfg = cls(**{k: v for k, v in cli_values.items() if v is not None})
-    from distill.build import default_out
+    from distill.runfolder import default_out
 
     path = Path(cfg.out or default_out(cfg)) / "config.json"
     if not path.is_file():
         return {}
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}): restore it, or pass every option again with --force") from None
     names = {f.name for f in dataclasses.fields(cls)} - set(C.NOT_COMPUTED)
-    return {k: v for k, v in saved.items() if k in names}
+    # A hand-edited config.json is checked like a config file: a wrong type is one line, not a traceback.
+    return C.values_from_mapping(cls, {k: v for k, v in saved.items() if k in names and v is not None}, str(path))
 
 
 def training_command(cls, name: str, summary: str):
     def command(**values):
+        cfg = C.resolve(cls, values, saved_config(cls, values))
+        C.check_paths(cfg)
+        # Only now torch (5-25 s of imports): every name, value and path above was checked without it.
         from distill.run import train_run
 
-        cfg = C.resolve(cls, values, saved_config(cls, values))
         train_run(cfg)
 
     params = option_parameters(cls)
@@ -113,13 +152,27 @@ def evaluate_command(
     cache_dir: Optional[str] = typer.Option(None, help="Cache folder for decoded data (default ~/.cache/distill)."),
 ) -> None:
     """Test accuracy and per-class accuracy of a checkpoint."""
+    if limit_test is not None:
+        C.AT_LEAST_1.check("limit_test", limit_test)
     from distill.evaluation import evaluate_checkpoint
     from distill.report import print_evaluation
     from distill.build import resolve_device
 
+    if data is None:  # the user did not choose the data: say which it is before decoding it
+        data = trained_on(checkpoint)
+        where = data or "CIFAR-10 downloaded into the cache folder"
+        print(f"data: {where} (what {checkpoint} was trained on; --data chooses other data)",
+              file=sys.stderr if json_out else sys.stdout)
     result = evaluate_checkpoint(checkpoint, data, limit_test, tta, resolve_device(device),
                                  Path(cache_dir) if cache_dir else None)
     print(json.dumps(result)) if json_out else print_evaluation(result)
+
+
+def trained_on(checkpoint: Path) -> str | None:
+    """The --data a checkpoint's run was trained on (None: the CIFAR-10 download)."""
+    from distill.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint)["config"].get("data")
 
 
 @app.command("models")
@@ -128,7 +181,9 @@ def models_command(
     num_classes: int = typer.Option(10, help="Classes of the head (changes parameter counts slightly)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
-    """Every teacher and student: parameters and forward GFLOPs per image."""
+    """Every teacher and student, smallest first: parameters and forward GFLOPs per image."""
+    C.Range(C.MIN_IMAGE_SIZE).check("image_size", image_size)  # the sizes training accepts
+    C.Range(2).check("num_classes", num_classes)  # with one class the softmax is a constant
     from distill.report import model_table, print_models
 
     rows = model_table(image_size, num_classes)

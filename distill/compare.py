@@ -390,7 +390,8 @@ def per_class_charts(runs: list[Run], root: Path) -> list[tuple[str, str, object
 def write_png(path: Path, image) -> None:
     from PIL import Image
 
-    write_atomic(path, lambda fh: Image.fromarray(image).save(fh, format="PNG"))
+    write_atomic(path, lambda fh: Image.fromarray(image).save(fh, format="PNG"),
+                 advice="make the folder writable, or compare a writable copy of it")
 
 
 def events_folder(runs: list[Run]) -> Path:
@@ -420,10 +421,14 @@ def write_charts(runs: list[Run], groups: list[list[Run]], result: dict, root: P
     charts = [(CHART_TAG, CHART_FILE, accuracy_vs_params(params_points(runs, groups), "test accuracy vs parameters")),
               (ACCURACY_TAG, ACCURACY_FILE, accuracy_per_run(accuracy_points(runs), "test accuracy, 95% interval"))]
     charts += per_class_charts(runs, root)
-    for _, name, image in charts:
-        write_png(root / name, image)
     folder = events_folder(runs)
-    log_to_tensorboard(folder, charts, markdown_summary(result))
+    try:
+        for _, name, image in charts:
+            write_png(root / name, image)
+        log_to_tensorboard(folder, charts, markdown_summary(result))
+    except (UserError, OSError) as err:  # a read-only folder of runs can still be compared: the table is the result
+        result["notes"].append(f"charts not written ({err}); the table is complete")
+        return {"chart": None, "charts": [], "tensorboard": None}
     return {"chart": str(root / CHART_FILE), "charts": [str(root / name) for _, name, _ in charts],
             "tensorboard": str(folder)}
 
@@ -564,8 +569,9 @@ def print_comparison(result: dict, wide: bool = False, console: Console | None =
     # Lines with paths are left to the terminal to wrap: rich would break a path where it cannot be copied.
     for note in result.get("notes", []):
         console.print(f"note: {note}", soft_wrap=True)
-    where = f"; TensorBoard: tensorboard --logdir {result['tensorboard']}" if result.get("tensorboard") else ""
-    console.print(f"charts: {', '.join(result.get('charts', [result['chart']]))}{where}", soft_wrap=True)
+    if result.get("charts"):
+        where = f"; TensorBoard: tensorboard --logdir {result['root']}" if result.get("tensorboard") else ""
+        console.print(f"charts: {', '.join(result['charts'])}{where}", soft_wrap=True)
 
 
 def markdown_summary(result: dict) -> str:

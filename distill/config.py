@@ -7,17 +7,58 @@ fields, so an option cannot exist without a description.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill.augment_spec import parse_augment
 from distill.errors import UserError
+from distill.names import ARCHS, METHOD_NAMES, STEMS
+
+# Everything this module imports is torch-free: the CLI resolves and validates a config before it imports
+# torch, so a bad option answers in a fraction of a second (tests/test_cli.py holds it to that).
 
 
-def opt(default, help: str, choices: tuple[str, ...] | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric option. NaN and infinities are in none: no option means anything by them."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def text(self, kind: type) -> str:
+        """'at least 1', 'positive and finite', 'in (0, 1)': what follows 'must be' in an error."""
+        if self.high == math.inf:
+            text = "positive" if self.low == 0 and self.low_open else f"at least {self.low}"
+            return text + (" and finite" if kind is float else "")
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+    def check(self, name: str, value: float) -> None:
+        if value not in self:
+            raise UserError(f"--{dash(name)} must be {self.text(type(value))} (got {value})")
+
+
+AT_LEAST_1, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+# The smallest --image-size (and --resize). Every model runs from 1 pixel up (measured: the convolutions pad
+# and the pooling is adaptive), so the floor is about meaning: the CIFAR ResNets downsample 4x, and at 8 their
+# last stage still sees a 2x2 map, below 8 a single pixel (and the torchvision stem downsamples 32x). The
+# augmentations need 5 or more anyway (the default crop's reflect padding of 4; TrivialAugment's 3x3 filters).
+MIN_IMAGE_SIZE = 8
+
+
+def opt(default, help: str, choices: tuple[str, ...] | None = None, within: Range | None = None):
+    """A config field: its default, its --help text (also its why-comment) and its valid values."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": within})
 
 
 @dataclass
@@ -26,24 +67,25 @@ class TrainConfig:
 
     config: str | None = opt(None, "TOML file giving defaults for these options; options on the command line win.")
     data: str | None = opt(None, "CIFAR-10 data: cifar-10-python.tar.gz, cifar-10-batches-py/, an image-folder tree (train/<class>/, test/<class>/), or a .tar/.tar.gz of either.")
-    download: bool = opt(False, "Download official CIFAR-10 through torchvision when --data holds nothing.")
+    download: bool = opt(False, "Fill an empty or missing --data folder with official CIFAR-10 (downloaded through torchvision). Without --data, official CIFAR-10 is used anyway: from $DISTILL_DATA or the cache folder, downloaded there once.")
     cache_dir: str | None = opt(None, "Where decoded tensors and unpacked archives are cached (default $DISTILL_CACHE or ~/.cache/distill).")
     out: str | None = opt(None, "Run folder (default runs/cifar10/<role>-<arch>[-<method>]).")
-    image_size: int = opt(32, "Side length images are decoded to and trained at.")
-    resize: int | None = opt(None, "Upsample each batch to this size on the device before the model (pretrained teachers like 64-128).")
-    val_size: int = opt(5000, "Training images held out (fixed by --seed) to pick the best epoch; 0 trains on every image and keeps the last epoch. The test set never picks anything.")
-    limit_train: int | None = opt(None, "Train on a class-balanced subset of this many images (smoke runs, benchmarks).")
-    limit_test: int | None = opt(None, "Evaluate on a class-balanced subset of this many test images.")
-    arch: str = opt("resnet50", "Model architecture (see `distill models`).")
-    epochs: int = opt(30, "Passes over the training set.")
-    batch_size: int = opt(512, "Global batch size; the learning rate is not rescaled for you.")
-    lr: float = opt(0.2, "Peak learning rate of SGD with Nesterov momentum (reached after warm-up).")
-    momentum: float = opt(0.9, "SGD momentum.")
-    weight_decay: float = opt(5e-4, "L2 weight decay, not applied to BatchNorm or bias parameters.")
-    warmup_epochs: float = opt(1.0, "Linear learning-rate warm-up length before the cosine decay to zero.")
-    label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy targets (students: of their CE term). Off by default: a label-smoothed teacher distils worse (Muller et al. 2019), and KD already gives students soft targets.")
-    grad_clip: float = opt(0.0, "Clip the gradient norm to this value (0: off).")
-    ema_horizon: float = opt(0.05, "Weight EMA time constant as a fraction of the run's steps (0: off): per-step decay 1 - 1/(horizon x steps), so it averages the same share of any schedule. EMA and raw weights compete on validation; with --val-size 0 the EMA is kept.")
+    image_size: int = opt(32, "Side length images are decoded to and trained at.", within=Range(MIN_IMAGE_SIZE))
+    resize: int | None = opt(None, "Upsample each batch to this size on the device before the model (pretrained teachers like 64-128).", within=Range(MIN_IMAGE_SIZE))
+    val_size: int = opt(5000, "Training images held out (fixed by --seed) to pick the best epoch; 0 trains on every image and keeps the last epoch. The test set never picks anything.", within=NON_NEGATIVE)
+    limit_train: int | None = opt(None, "Train on a class-balanced subset of this many images (smoke runs, benchmarks).", within=AT_LEAST_1)
+    limit_test: int | None = opt(None, "Evaluate on a class-balanced subset of this many test images.", within=AT_LEAST_1)
+    arch: str = opt("resnet50", "Model architecture (see `distill models`).", ARCHS)
+    epochs: int = opt(30, "Passes over the training set.", within=AT_LEAST_1)
+    batch_size: int = opt(512, "Global batch size; the learning rate is not rescaled for you.", within=AT_LEAST_1)
+    lr: float = opt(0.2, "Peak learning rate of SGD with Nesterov momentum (reached after warm-up).", within=POSITIVE)
+    # Nesterov momentum needs momentum > 0 (torch refuses 0), and at 1 nothing decays.
+    momentum: float = opt(0.9, "SGD momentum.", within=Range(0, 1, low_open=True, high_open=True))
+    weight_decay: float = opt(5e-4, "L2 weight decay, not applied to BatchNorm or bias parameters.", within=NON_NEGATIVE)
+    warmup_epochs: float = opt(1.0, "Linear learning-rate warm-up length before the cosine decay to zero.", within=NON_NEGATIVE)
+    label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy targets (students: of their CE term). Off by default: a label-smoothed teacher distils worse (Muller et al. 2019), and KD already gives students soft targets.", within=Range(0, 1, high_open=True))
+    grad_clip: float = opt(0.0, "Clip the gradient norm to this value (0: off).", within=NON_NEGATIVE)
+    ema_horizon: float = opt(0.05, "Weight EMA time constant as a fraction of the run's steps (0: off): per-step decay 1 - 1/(horizon x steps), so it averages the same share of any schedule. EMA and raw weights compete on validation; with --val-size 0 the EMA is kept.", within=Range(0, 1))
     augment: str = opt("default", "Augmentation: 'default' (crop+flip), 'none', or overrides like 'mixup=0.2,cutout=0.5,color_jitter=0.2'.")
     precision: str = opt("auto", "Training precision: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.", ("auto", "bf16", "fp32"))
     channels_last: bool | None = opt(None, "Use channels_last memory format (default: on for CUDA).")
@@ -51,64 +93,48 @@ class TrainConfig:
     compile_mode: str = opt("reduce-overhead", "torch.compile mode: reduce-overhead (replays CUDA graphs: fewest kernel launches, more GPU memory; the fastest measured), default, or max-autotune (longest compile).", ("reduce-overhead", "default", "max-autotune"))
     tta: bool = opt(False, "Average predictions over the image and its mirror at evaluation.")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
-    seed: int = opt(0, "Seeds the split, the batch order and the augmentation.")
+    # The loop seeds epoch e with seed * 1_000_003 + e: below 2^31 that stays far inside torch's 64-bit seeds.
+    seed: int = opt(0, "Seeds the split, the batch order and the augmentation.", within=Range(0, 2**31, high_open=True))
     deterministic: bool = opt(False, "Deterministic kernels (bit-exact runs on the CPU; slower).")
     sync_bn: bool = opt(False, "Under torchrun, compute BatchNorm statistics over the global batch instead of each process's shard (slower; helps small per-GPU batches).")
-    save_every: int = opt(1, "Write last.pt/best.pt every N epochs (and always at the end or on interruption).")
+    save_every: int = opt(1, "Write last.pt/best.pt every N epochs (and always at the end or on interruption).", within=AT_LEAST_1)
     resume: bool = opt(False, "Continue the run in --out from its last.pt.")
     force: bool = opt(False, "Start over in an existing run folder (its old files are replaced as the new run saves).")
-    quiet: bool = opt(False, "Print only the final result.")
+    quiet: bool = opt(False, "No progress bar or per-epoch lines: only errors and the final result line.")
 
     role = "teacher"
 
     def validate(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size,
-                    "save_every": self.save_every}
-        for name, value in positive.items():
-            if value < 1:
-                raise UserError(f"--{dash(name)} must be at least 1 (got {value})")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive (got {self.lr})")
-        for name in ("limit_train", "limit_test", "resize"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{dash(name)} must be at least 1 (got {value})")
-        if self.val_size < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
-            raise UserError("--val-size, --weight-decay, --grad-clip and --warmup-epochs cannot be negative")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema_horizon <= 1:
-            raise UserError("--label-smoothing must be in [0, 1) and --ema-horizon in [0, 1]")
+        """Every check that needs neither torch nor a file: it runs before any import, decode or write."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.metadata["range"] is not None:
+                f.metadata["range"].check(f.name, value)
+            if f.metadata["choices"]:
+                check_choice(f.name, value)
         if self.resume and self.force:
             raise UserError("--resume and --force contradict each other: choose one")
-        check_choice("precision", self.precision)
-        check_choice("compile_mode", self.compile_mode)
-        from distill.augment import parse_augment
-
-        parse_augment(self.augment)  # a bad --augment fails now, not after the data set is decoded
+        check_augment(self.augment, self.image_size)
 
 
 @dataclass
 class TeachConfig(TrainConfig):
     weights: str = opt("none", "Initial weights: none, imagenet (torchvision DEFAULT, e.g. IMAGENET1K_V2), imagenet1k_v1, or a state_dict FILE in torchvision's key format.")
-    stem: str = opt("cifar", "cifar: 3x3 stride-1 conv, no max-pool (keeps 32x32 detail); imagenet: torchvision's 7x7/2 + max-pool (for comparison).", ("cifar", "imagenet"))
-    backbone_lr_scale: float = opt(0.1, "Learning-rate factor for pretrained backbone layers (the new head and stem use the full --lr).")
-
-    def validate(self) -> None:
-        super().validate()
-        check_choice("stem", self.stem)
-        if self.backbone_lr_scale <= 0:
-            raise UserError("--backbone-lr-scale must be positive")
+    stem: str = opt("cifar", "cifar: 3x3 stride-1 conv, no max-pool (keeps 32x32 detail); imagenet: torchvision's 7x7/2 + max-pool (for comparison).", STEMS)
+    backbone_lr_scale: float = opt(0.1, "Learning-rate factor for pretrained backbone layers (the new head and stem use the full --lr).", within=POSITIVE)
 
 
 @dataclass
 class StudentConfig(TrainConfig):
-    arch: str = opt("resnet20", "Student architecture (see `distill models`).")
+    arch: str = opt("resnet20", "Student architecture (see `distill models`).", ARCHS)
     teacher: str | None = opt(None, "Teacher checkpoint (best.pt or last.pt of `distill teach`).")
     no_teacher: bool = opt(False, "Train the baseline: same recipe, plain cross-entropy, no teacher (same as --method none).")
-    method: str = opt("kd", "Distillation method: kd (Hinton), dkd (decoupled KD), none (baseline).")
-    temperature: float = opt(4.0, "Softmax temperature T of the distillation term.")
-    alpha: float | None = opt(None, "Weight of the DISTILLATION term (kd: loss = (1-alpha)*CE + alpha*T^2*KL, default 0.9; dkd: TCKD weight, default 1.0). Some toolkits weight CE instead.")
-    beta: float | None = opt(None, "DKD only: weight of the non-target-class term NCKD (default 8.0).")
-    kd_warmup_epochs: float = opt(20.0, "DKD only: epochs over which the distillation weight ramps up linearly.")
+    method: str = opt("kd", "Distillation method: kd (Hinton), dkd (decoupled KD), none (baseline).", METHOD_NAMES)
+    temperature: float = opt(4.0, "Softmax temperature T of the distillation term.", within=POSITIVE)
+    # kd's alpha is a share, in [0, 1] (checked in validate); dkd's is a weight like beta.
+    alpha: float | None = opt(None, "Weight of the DISTILLATION term (kd: loss = (1-alpha)*CE + alpha*T^2*KL, default 0.9; dkd: TCKD weight, default 1.0). Some toolkits weight CE instead.", within=NON_NEGATIVE)
+    beta: float | None = opt(None, "DKD only: weight of the non-target-class term NCKD (default 8.0).", within=NON_NEGATIVE)
+    kd_warmup_epochs: float = opt(20.0, "DKD only: epochs over which the distillation weight ramps up linearly.", within=NON_NEGATIVE)
     compile_teacher: bool | None = opt(None, "torch.compile the teacher's forward pass (one batch shape: under reduce-overhead one CUDA graph). Unset: as the student is compiled.")
     any_teacher: bool = opt(False, "Allow a student or baseline checkpoint as --teacher (any trained model can teach).")
 
@@ -124,10 +150,10 @@ class StudentConfig(TrainConfig):
         super().validate()
         if self.teacher and self.no_teacher:
             raise UserError("--teacher and --no-teacher contradict each other: choose one")
-        if self.temperature <= 0:
-            raise UserError(f"--temperature must be positive (got {self.temperature})")
-        if self.alpha is not None and not 0 <= self.alpha <= 1 and self.effective_method == "kd":
-            raise UserError(f"--alpha must be in [0, 1] (got {self.alpha})")
+        if self.effective_method != "none" and not self.teacher:
+            raise UserError(f"--method {self.method} needs --teacher CKPT (or use --no-teacher for the baseline)")
+        if self.alpha is not None and self.effective_method == "kd":
+            Range(0, 1).check("alpha", self.alpha)
 
 
 # Options that change nothing a run computes: never compared on resume, never shown as hyperparameters.
@@ -142,6 +168,25 @@ def check_choice(name: str, value: str) -> None:
     choices = FIELD_CHOICES[name]
     if value not in choices:
         raise UserError(f"unknown --{dash(name)} '{value}': choose one of {', '.join(choices)}")
+
+
+def check_augment(spec: str, image_size: int) -> None:
+    """A bad --augment fails now, not after the data set is decoded."""
+    padding = parse_augment(spec).crop_padding
+    if padding >= image_size:  # reflect padding takes its pixels from inside the image
+        raise UserError(f"--augment crop_padding={padding} must be in [0, {image_size}) at --image-size "
+                        f"{image_size}: reflect padding needs fewer pixels than the image has")
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """Files a command-line run reads must exist before torch is imported. Not part of validate: a pipeline
+    plans (and validates) its students before their teacher's checkpoint is written."""
+    if cfg.data and not cfg.download and not Path(cfg.data).expanduser().exists():
+        raise UserError(f"data path {cfg.data} does not exist; pass --data with an existing file or folder, "
+                        f"or add --download to fetch CIFAR-10 into it")
+    teacher = getattr(cfg, "teacher", None)
+    if teacher and cfg.effective_method != "none" and not Path(teacher).expanduser().is_file():
+        raise UserError(f"--teacher checkpoint {teacher} not found: check the path")
 
 
 FIELD_CHOICES = {

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import UserError
+from distill.names import METHOD_NAMES
 from distill.registry import Registry
 
 Parts = dict[str, Tensor]
@@ -176,7 +177,7 @@ class DKD(Method):
         return ce + kd, {"ce": ce, "kd": kd, "tckd": tckd, "nckd": nckd}
 
 
-METHODS: Registry[Method] = Registry("distillation method")
+METHODS: Registry[Method] = Registry("distillation method", declared=METHOD_NAMES)
 
 
 # Constructors take every method keyword (so one config dict serves all) and ignore the rest.

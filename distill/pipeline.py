@@ -29,7 +29,8 @@ from distill.checkpoint import write_text_atomic
 from distill.compare import compare, minutes, print_comparison
 from distill.errors import UserError
 from distill.checkpoint import load_checkpoint
-from distill.build import GROUP_SHARED, default_out
+from distill.build import GROUP_SHARED
+from distill.runfolder import default_out
 from distill.run import train_group
 
 TOP_KEYS = ("baselines", "common", "seeds", "students", "teacher", "train_together")
@@ -60,7 +61,8 @@ class Pipeline:
 
 def check_table(table: object, source: str, managed: set[str]) -> dict:
     if not isinstance(table, dict):
-        raise UserError(f"{source} must be a table of options, got {type(table).__name__}: see the README section on distill pipeline")
+        raise UserError(f"{source} must be a table of options, got {type(table).__name__}: "
+                        f"see the README section on distill pipeline")
     for key in table:
         if key.replace("-", "_") in managed:
             raise UserError(f"{source}: '{key}' is set by the pipeline for each stage: remove it")
@@ -200,7 +202,11 @@ def skip(stage: Stage, out: Path, console: Console) -> dict:
     changed = changed_settings(stage, out)
     note = f"; it was run with other {', '.join(changed)}: delete {out / stage.name} to rerun it" if changed else ""
     console.print(f"skip {stage.name} (finished{note})")
-    return {"name": stage.name, "status": "skipped", "wall_seconds": 0.0}
+    try:  # the finished run's result stays in the report
+        accuracy = json.loads((out / stage.name / "metrics.json").read_text()).get("test_accuracy")
+    except (OSError, ValueError, AttributeError):
+        accuracy = None
+    return {"name": stage.name, "status": "skipped", "wall_seconds": 0.0, "test_accuracy": accuracy}
 
 
 def stage_config(stage: Stage, out: Path) -> C.TrainConfig:
@@ -273,11 +279,52 @@ def write_report(pipe: Pipeline, records: list[dict], started: float, finished: 
     return total
 
 
+def make_out_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: choose another --out for the pipeline")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".distill-write-test"
+        probe.write_bytes(b"")  # a read-only folder lets mkdir pass; writing is the real test
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write in the pipeline folder {out} ({exc.strerror or exc}): make it writable "
+                        f"or choose another --out") from None
+
+
+def preflight(pipe: Pipeline) -> None:
+    """What would stop a later stage, checked before the teacher trains: the folder, every stage's data path,
+    and every stage's batch against the number of training images its data gives."""
+    make_out_folder(pipe.out)
+    cfgs = [(s.name, s.config(pipe.out)) for s in pipe.stages if stage_status(pipe.out / s.name) != "skipped"]
+    for name, cfg in cfgs:
+        if cfg.data is not None and not Path(cfg.data).expanduser().exists():
+            raise UserError(f"stage {name}: --data {cfg.data} does not exist (relative paths start where distill "
+                            f"runs): fix the path in the config or pass --data")
+    sizes: dict[tuple, int] = {}
+    for name, cfg in cfgs:
+        key = (cfg.data, cfg.image_size, cfg.cache_dir, cfg.val_size, cfg.limit_train, cfg.seed)
+        if key not in sizes:
+            sizes[key] = training_images(cfg)
+        if cfg.batch_size > sizes[key]:
+            raise UserError(f"stage {name}: --batch-size {cfg.batch_size} is larger than its {sizes[key]} training "
+                            f"images: lower batch_size in the config")
+
+
+def training_images(cfg: C.TrainConfig) -> int:
+    """How many training images a stage gets (decoding its data once; later stages read the cache)."""
+    from distill.data import load_dataset, make_splits
+
+    ds = load_dataset(cfg.data, cfg.image_size, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.download,
+                      quiet=cfg.quiet)
+    return len(make_splits(ds, cfg.val_size, cfg.limit_train, cfg.limit_test, cfg.seed).train_x)
+
+
 def run_pipeline(pipe: Pipeline) -> dict:
     """Every stage in order (groups together), then the comparison; pipeline.json is rewritten after each."""
     console = Console(highlight=False)
     started = time.perf_counter()
-    pipe.out.mkdir(parents=True, exist_ok=True)
+    preflight(pipe)
     records: list[dict] = []
     done, total = 0, len(pipe.stages)
     for group in plan_groups(pipe):

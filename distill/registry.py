@@ -10,8 +10,11 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, declared: tuple[str, ...] | None = None):
         self.kind = kind  # used in error messages: "unknown student arch 'x'"
+        # The names the command line accepts before torch is imported (distill/names.py): a constructor
+        # registered under any other name would be unreachable from the CLI, so it is refused here.
+        self.declared = declared
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str | None = None):
@@ -21,6 +24,8 @@ class Registry(Generic[T]):
             key = name or fn.__name__
             if key in self._entries:
                 raise ValueError(f"{self.kind} '{key}' is registered twice")
+            if self.declared is not None and key not in self.declared:
+                raise ValueError(f"{self.kind} '{key}' is not declared in distill/names.py: add it there too")
             self._entries[key] = fn
             return fn
 

@@ -7,16 +7,19 @@ from rich.table import Table
 
 import students
 import teachers
+from distill.compare import percent
 from distill.modelinfo import describe
 from distill.models import build_model, make_spec
 
 
 def model_table(image_size: int, num_classes: int) -> list[dict]:
+    """Teachers, then students, each family smallest first (by parameters): by name resnet110 sorts before
+    resnet14."""
     rows = []
     for family, names in (("teacher", teachers.TEACHERS.list()), ("student", students.STUDENTS.list())):
-        for name in names:
-            model = build_model(make_spec(name, num_classes, image_size))
-            rows.append({"family": family, **describe(name, model, image_size)})
+        described = [describe(name, build_model(make_spec(name, num_classes, image_size)), image_size)
+                     for name in names]
+        rows += [{"family": family, **d} for d in sorted(described, key=lambda d: d["params"])]
     return rows
 
 
@@ -30,10 +33,14 @@ def print_models(rows: list[dict], image_size: int) -> None:
 
 
 def print_evaluation(result: dict) -> None:
-    table = Table(title=f"{result['checkpoint']} ({result['arch']}) on {result['test_images']} test images")
+    """Accuracies as percentages, like `distill compare`. The checkpoint's path goes on a line of its own that
+    the terminal wraps: a table title would be broken mid-path by rich, where it can no longer be copied."""
+    console = Console(highlight=False, markup=False)  # class names are text, not rich markup
+    console.print(f"{result['checkpoint']} ({result['arch']}) on {result['test_images']} test images", soft_wrap=True)
+    table = Table()
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     for name, acc in result["per_class"].items():
-        table.add_row(name, f"{acc:.4f}")
-    table.add_row("[bold]all[/bold]", f"[bold]{result['accuracy']:.4f}[/bold]")
-    Console().print(table)
+        table.add_row(name, percent(acc))
+    table.add_row("all", percent(result["accuracy"]), style="bold")
+    console.print(table)

@@ -105,13 +105,13 @@ def write_predictions(group: Group, run: Run, probs: torch.Tensor) -> None:
 
 
 def hparams(run: Run, metrics: dict) -> dict:
-    """The HPARAMS row of a run: the options a user compares first, typed as they read (no 0.0000 flags)."""
-    cfg = C.to_dict(run.cfg)
+    """The HPARAMS row of a run: the options a user compares first, as they read (a count is text, not
+    6.0000), the distillation options as the method uses them (its defaults included), none for others."""
+    method = run.learner.method
     values = {"role": run.cfg.role, "arch": run.cfg.arch, "method": metrics.get("method") or "-",
-              "temperature": cfg.get("temperature"), "alpha": cfg.get("alpha"), "epochs": run.epoch,
-              "lr": run.cfg.lr, "params_M": round(metrics["params"] / 1e6, 3), "seed": run.cfg.seed}
-    if metrics.get("method") in (None, "none"):  # no distillation term: its options mean nothing here
-        values["temperature"] = values["alpha"] = None
+              "temperature": getattr(method, "temperature", None), "alpha": getattr(method, "alpha", None),
+              "epochs": str(run.epoch), "lr": run.cfg.lr, "params_M": round(metrics["params"] / 1e6, 3),
+              "seed": str(run.cfg.seed)}
     return {k: values[k] for k in HPARAM_COLUMNS if values[k] is not None}
 
 

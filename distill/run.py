@@ -13,10 +13,26 @@ from distill import config as C
 from distill import distributed as dist_util
 from distill.build import build_group
 from distill.errors import UserError
-from distill.results import add_gains, eval_kwargs, final_metrics, log_summary, test_best, write_predictions
+from distill.results import (
+    add_gains,
+    eval_kwargs,
+    final_metrics,
+    log_summary,
+    test_best,
+    write_predictions,
+)
+from distill.runfolder import resume_command
 from distill.runstate import Group, Run, count_images, save_checkpoints
 from distill.signals import StopSignals
-from distill.train import Hooks, Interrupted, evaluate, seed_epoch, train_one_epoch, unwrap
+from distill.train import (
+    Hooks,
+    Interrupted,
+    evaluate,
+    seed_epoch,
+    train_one_epoch,
+    unwrap,
+)
+
 
 def validate(group: Group, run: Run) -> tuple[float, str]:
     """Score the raw and the EMA weights on the validation set; the better one is what we keep. Without a
@@ -86,7 +102,7 @@ def finish(group: Group) -> list[dict]:
         write_predictions(group, run, test["probs"])
         ckpt_io.write_text_atomic(json.dumps(m, indent=2), run.out / "metrics.json")
         log_summary(run, m, test["probs"], group.splits.test_y)
-        run.logger.say(f"{run.out.name}: test accuracy {m['test_accuracy']:.4f} ({run.out / 'metrics.json'})")
+        run.logger.result(f"{run.out.name}: test accuracy {100 * m['test_accuracy']:.2f}% ({run.out / 'metrics.json'})")
     return metrics
 
 
@@ -119,6 +135,7 @@ def train_group(cfgs: list[C.TrainConfig]) -> list[dict]:
     finally:
         for run in group.runs:
             run.logger.close()
+        group.release()
         dist_util.shutdown()
 
 
@@ -129,7 +146,7 @@ def interrupted(group: Group, where: str, exit_code: int) -> BaseException:
     lead = group.lead
     launcher = "torchrun <same options> -m " if group.loop.world_size > 1 else ""
     command = "teach" if lead.cfg.role == "teacher" else "student"
-    resume = f"{launcher}distill {command} --out {lead.out} --resume (plus your other options)"
+    resume = f"{resume_command(command, lead.out, launcher)} (plus your other options)"
     saved = ", ".join(str(run.out / "last.pt") for run in group.runs)
     return UserError(f"interrupted ({where}); saved {saved}. Resume with: {resume}", exit_code=exit_code)
 

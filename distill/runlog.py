@@ -14,6 +14,8 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from distill.errors import UserError
+
 # One chart per metric across every run of the experiment (TensorBoard's CUSTOM SCALARS tab).
 CUSTOM_LAYOUT = {
     "distill": {
@@ -29,9 +31,15 @@ HPARAM_METRICS = (("hparam/test_accuracy", "test accuracy"), ("hparam/gain_over_
                   ("hparam/teacher_agreement", "agreement with teacher"))
 
 
+def hparam_key(column: str) -> str:
+    """TensorBoard sorts HPARAMS columns by name and ticks the first few: a numbered name keeps our order,
+    and the column still reads as its display name."""
+    return f"{HPARAM_COLUMNS.index(column) + 1:02d}_{column}"
+
+
 def hparams_experiment() -> Summary:
     """The experiment summary every run writes: the same columns and metrics, in a fixed order."""
-    return hp.hparams_config_pb([hp.HParam(name) for name in HPARAM_COLUMNS],
+    return hp.hparams_config_pb([hp.HParam(hparam_key(name), display_name=name) for name in HPARAM_COLUMNS],
                                 [hp.Metric(tag, display_name=label) for tag, label in HPARAM_METRICS])
 
 
@@ -46,13 +54,22 @@ def png_summary(tag: str, png: bytes) -> Summary:
                                                                           encoded_image_string=png))])
 
 
+def open_writer(out, purge_step: int | None) -> SummaryWriter:
+    """The run's TensorBoard writer; an unwritable folder or a full disk is one line, not a traceback."""
+    try:
+        return SummaryWriter(str(out), purge_step=purge_step)
+    except OSError as exc:
+        raise UserError(f"cannot write TensorBoard events in {out} ({exc.strerror or exc}): free disk space or "
+                        f"make the folder writable, or choose another --out") from None
+
+
 class RunLogger:
     def __init__(self, out, name: str, epochs: int, quiet: bool, purge_step: int | None, enabled: bool = True,
                  live: bool = True):
         self.enabled = enabled  # False on ranks other than 0: one writer per run
         self.name, self.epochs, self.quiet = name, epochs, quiet
         self.console = Console(stderr=False, highlight=False)
-        self.writer = SummaryWriter(str(out), purge_step=purge_step) if enabled else None
+        self.writer = open_writer(out, purge_step) if enabled else None
         if self.writer is not None and purge_step in (None, 0):
             self.writer.add_custom_scalars(CUSTOM_LAYOUT)
         # `live`: this logger may draw the progress bar (a group of runs shows one, its first run's).
@@ -85,6 +102,11 @@ class RunLogger:
         if self.enabled and not self.quiet:
             self.console.print(text, soft_wrap=True)
 
+    def result(self, text: str) -> None:
+        """The final result line: printed under --quiet too (--quiet drops progress, not results)."""
+        if self.enabled:
+            self.console.print(text, soft_wrap=True)
+
     def epoch_line(self, epoch: int, s: dict) -> None:
         val = f"val {s['accuracy/val']:.4f}" if s.get("accuracy/val") == s.get("accuracy/val") else "val -"
         self.say(f"{self.name} epoch {epoch}/{self.epochs}: loss {s['loss/train']:.4f} "
@@ -108,7 +130,8 @@ class RunLogger:
         whichever run it reads the experiment from; a run without a column leaves it blank."""
         if self.writer is None:
             return
-        _, start, end = hparams(params, metrics)  # its experiment lists only this run's columns
+        # torch's own experiment summary would list only this run's columns, unordered: ours replaces it.
+        _, start, end = hparams({hparam_key(k): v for k, v in params.items()}, metrics)
         for summary in (hparams_experiment(), start, end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():

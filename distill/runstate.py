@@ -54,6 +54,11 @@ class Group:
     splits: Splits
     device: torch.device
     teacher_test: dict | None = None  # the teacher's test results, evaluated once for every distilled run
+    locks: list = field(default_factory=list)  # runfolder.RunLock of each run folder, held until the end
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
 
     @property
     def lead(self) -> Run:

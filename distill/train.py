@@ -235,7 +235,7 @@ def check_finite(loop: Loop, loss_sums: Tensor, epoch: int, step: int) -> None:
         who = f" of {', '.join(bad)}" if len(loop.learners) > 1 else ""
         raise NonFiniteLoss(
             f"the training loss{who} became non-finite in epoch {epoch + 1} by step {step}: lower --lr, "
-            f"set --grad-clip, or use --precision fp32; the last good checkpoint is kept"
+            f"set --grad-clip, or use --precision fp32; checkpoints already written are kept"
         )
 
 

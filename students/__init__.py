@@ -1,7 +1,8 @@
 """Student architectures, created by name.
 
 Every architecture module registers its constructors in `STUDENTS` when it is imported. To add an
-architecture, add one file here that decorates its constructors with `@STUDENTS.register()` (each
+architecture, declare its name in distill/names.py (the CLI checks names there before
+importing torch), add one file here that decorates its constructors with `@STUDENTS.register()` (each
 taking `num_classes`), and add one import line at the bottom of this file.
 """
 
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from distill.names import STUDENT_ARCHS
 from distill.registry import Registry
 
-STUDENTS: Registry[nn.Module] = Registry("student arch")
+STUDENTS: Registry[nn.Module] = Registry("student arch", declared=STUDENT_ARCHS)
 
 
 def create(name: str, num_classes: int = 10) -> nn.Module:

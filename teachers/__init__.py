@@ -1,6 +1,7 @@
 """Teacher backbones: torchvision ResNets with an optional CIFAR stem and ImageNet weights.
 
-Add a teacher by registering a constructor `fn(num_classes, stem, weights) -> nn.Module` on TEACHERS.
+Add a teacher by declaring its name in distill/names.py and registering a constructor
+`fn(num_classes, stem, weights) -> nn.Module` on TEACHERS.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import torchvision
 from torch import nn
 
 from distill.errors import UserError
+from distill.names import STEMS, TEACHER_ARCHS
 from distill.registry import Registry
 
-TEACHERS: Registry[nn.Module] = Registry("teacher arch")
-STEMS = ("cifar", "imagenet")
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2")
+TEACHERS: Registry[nn.Module] = Registry("teacher arch", declared=TEACHER_ARCHS)
+TORCHVISION_ARCHS = TEACHER_ARCHS  # declared in distill/names.py, where the CLI reads them without torch
 
 
 def use_cifar_stem(model: nn.Module) -> None:

@@ -34,12 +34,15 @@ DATA_CASES = {"missing": "nowhere", "neither layout": "train/", "empty class": "
 
 
 def assert_one_line_error(result, *needles: str) -> None:
+    """Exit 2 and one error line, last; before it at most the data loader's status line ("loading ..."),
+    when the problem could only be seen in the data (its classes, its size)."""
     assert result.code == 2, (result.code, result.err)
     assert "Traceback" not in result.err
     lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert lines and lines[-1].startswith("error: "), result.err
+    assert all(line.startswith("loading ") for line in lines[:-1]), result.err
     for needle in needles:
-        assert needle in lines[0], lines[0]
+        assert needle in lines[-1], lines[-1]
 
 
 @pytest.fixture
@@ -83,6 +86,59 @@ def test_bad_options(cli, tiny_data, tmp_path, option, value, needle):
         args += [option, value]
     assert_one_line_error(cli(*args), needle)
     assert not (out / "last.pt").exists()
+
+
+def student_args(data, out) -> list:
+    """A student run on the tiny data set; each case adds --no-teacher or a --teacher."""
+    return ["student", "--data", data, "--out", out, "--arch", "resnet8", "--image-size", "16", "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--quiet"]
+
+
+NO_TEACHER = ["--no-teacher"]
+# (command, its arguments, what the one line must say: the option and its valid range)
+RANGE_CASES = [
+    ("teach", ["--momentum", "0"], ["--momentum", "(0, 1)", "got 0.0"]),  # Nesterov needs momentum > 0
+    ("teach", ["--momentum", "1"], ["--momentum", "(0, 1)"]),
+    ("teach", ["--image-size", "4"], ["--image-size", "at least 8", "got 4"]),
+    ("teach", ["--resize", "7"], ["--resize", "at least 8"]),
+    ("teach", ["--seed", "-1"], ["--seed", "[0, 2147483648)"]),
+    ("teach", ["--seed", "2147483648"], ["--seed", "[0, 2147483648)"]),
+    ("teach", ["--lr", "inf"], ["--lr", "positive and finite", "got inf"]),
+    ("teach", ["--lr", "nan"], ["--lr", "positive and finite", "got nan"]),
+    ("teach", ["--weight-decay", "nan"], ["--weight-decay", "at least 0 and finite"]),
+    ("teach", ["--warmup-epochs", "inf"], ["--warmup-epochs", "at least 0 and finite"]),
+    ("teach", ["--grad-clip", "inf"], ["--grad-clip", "at least 0 and finite"]),
+    ("teach", ["--ema-horizon", "nan"], ["--ema-horizon", "[0, 1]"]),
+    ("teach", ["--label-smoothing", "1"], ["--label-smoothing", "[0, 1)"]),
+    ("teach", ["--backbone-lr-scale", "inf"], ["--backbone-lr-scale", "positive and finite"]),
+    ("teach", ["--val-size", "-1"], ["--val-size", "at least 0"]),
+    ("teach", ["--save-every", "0"], ["--save-every", "at least 1"]),
+    ("teach", ["--augment", "crop_padding=16"], ["crop_padding=16", "[0, 16)", "--image-size 16"]),  # reflect pad
+    ("teach", ["--augment", "mixup=1e308"], ["mixup", "[0.01, 100.0]"]),
+    ("teach", ["--augment", "strong,cutmix=0.001"], ["cutmix", "0 (off) or a value in [0.01, 100.0]"]),
+    ("student", [*NO_TEACHER, "--temperature", "inf"], ["--temperature", "positive and finite"]),
+    ("student", [*NO_TEACHER, "--temperature", "0"], ["--temperature", "positive"]),
+    ("student", [*NO_TEACHER, "--beta", "-1"], ["--beta", "at least 0 and finite"]),
+    ("student", [*NO_TEACHER, "--beta", "inf"], ["--beta", "at least 0 and finite"]),
+    ("student", [*NO_TEACHER, "--kd-warmup-epochs", "nan"], ["--kd-warmup-epochs", "at least 0 and finite"]),
+    ("student", ["--teacher", "nowhere.pt", "--alpha", "1.5"], ["--alpha", "[0, 1]"]),  # kd: a share
+    ("student", ["--teacher", "nowhere.pt", "--method", "dkd", "--alpha", "-1"], ["--alpha", "at least 0"]),
+    ("student", [], ["--method kd needs --teacher", "--no-teacher"]),
+    ("student", ["--teacher", "nowhere.pt"], ["--teacher", "nowhere.pt", "not found"]),
+    ("models", ["--image-size", "0"], ["--image-size", "at least 8", "got 0"]),
+    ("models", ["--num-classes", "-1"], ["--num-classes", "at least 2"]),
+    ("models", ["--num-classes", "0"], ["--num-classes", "at least 2"]),
+    ("models", ["--num-classes", "1"], ["--num-classes", "at least 2"]),
+    ("evaluate", ["nowhere.pt", "--limit-test", "0"], ["--limit-test", "at least 1"]),
+]
+
+
+@pytest.mark.parametrize("command, args, needles", RANGE_CASES, ids=[" ".join([c, *a]) for c, a, _ in RANGE_CASES])
+def test_values_out_of_range(cli, tiny_data, tmp_path, command, args, needles):
+    out = tmp_path / "run"
+    base = {"teach": tiny_teach_args(tiny_data, out), "student": student_args(tiny_data, out)}.get(command, [command])
+    assert_one_line_error(cli(*base, *args), *needles)
+    assert not out.exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("content, needle", [

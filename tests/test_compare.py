@@ -338,3 +338,17 @@ def broken_run(root: Path, text: str) -> None:
 def test_errors_are_one_line_and_exit_2(tmp_path, cli, make, message):
     make(tmp_path / "runs")
     assert_one_line_error(cli("compare", tmp_path / "runs"), message)
+
+
+def test_a_read_only_folder_is_still_compared_and_the_note_says_why_no_charts(scored, cli, monkeypatch):
+    import distill.checkpoint as ckpt_io
+
+    def read_only(*args, **kwargs):  # as root, chmod would not stop the write: simulate the refusal
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ckpt_io.tempfile, "mkstemp", read_only)
+    result = cli("compare", scored)
+    assert result.code == 0, result.err
+    flat_out = " ".join(result.out.split())
+    assert "charts not written" in flat_out and "Permission denied" in flat_out and "--out" not in flat_out
+    assert "student-resnet8x4-kd-seed1" in flat_out and "charts: " not in flat_out  # the table, no chart line

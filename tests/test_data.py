@@ -26,6 +26,7 @@ N_TRAIN, N_TEST = 4, 2  # per class
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "default-cache"))
+    monkeypatch.delenv("DISTILL_DATA", raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -136,9 +137,10 @@ def test_modes_and_sizes_become_rgb_at_image_size(tmp_path):
         for name, im in images.items():
             (root / split / "a").mkdir(parents=True, exist_ok=True)
             im.save(root / split / "a" / name)
+        save_png(root / split / "b" / "0.png", TRAIN[0][0])  # a classifier needs two classes
     ds = load_dataset(root, 8, cache_dir=tmp_path / "cache")
-    assert ds.train_x.shape == (4, 3, 8, 8)
-    by_name = dict(zip(sorted(images), ds.train_x))
+    assert ds.train_x.shape == (5, 3, 8, 8)
+    by_name = dict(zip(sorted(images), ds.train_x[:4]))
     assert (by_name["gray.png"] == 77).all()
     assert by_name["rgba.png"][:, 0, 0].tolist() == [1, 2, 3]
     with Image.open(root / "train" / "a" / "odd.jpg") as im:
@@ -198,28 +200,82 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 # --- download ------------------------------------------------------------------------------------
 
-def test_download_offline_is_one_user_error(tmp_path, monkeypatch):
+def fake_download(monkeypatch) -> list[Path]:
+    """torchvision's CIFAR10(download=True) replaced by writing tiny batches; returns the roots asked for."""
     import torchvision.datasets
 
-    def offline(**_kwargs):
+    calls: list[Path] = []
+
+    def download(root, **_kwargs):
+        calls.append(Path(root))
+        print("Files already downloaded and verified")  # torchvision prints such lines on stdout
+        write_cifar(Path(root) / "cifar-10-batches-py")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", download)
+    return calls
+
+
+def offline(monkeypatch) -> None:
+    import torchvision.datasets
+
+    def fail(**_kwargs):
         raise OSError("<urlopen error [Errno -3] Temporary failure\nin name resolution>")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    msg = user_error("CIFAR-10 could not be downloaded", load_dataset, None, cache_dir=tmp_path, download=True)
-    assert "cifar-10-python.tar.gz" in msg and "--data" in msg
-    user_error("could not be downloaded", load_dataset, tmp_path / "empty", cache_dir=tmp_path, download=True)
-    user_error("no dataset given.*--download", load_dataset, None, cache_dir=tmp_path)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fail)
 
 
-def test_download_goes_to_cache_and_is_reused(tmp_path, monkeypatch):
-    import torchvision.datasets
+def test_download_offline_is_one_user_error(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    msg = user_error(r"^CIFAR-10 is not downloaded and the download failed \(OSError: <urlopen error .*resolution>\): "
+                     r"pass --data PATH \(cifar-10-python\.tar\.gz, cifar-10-batches-py/, or an image-folder tree\) "
+                     r"or set \$DISTILL_DATA to a folder that holds it$", load_dataset, None, cache_dir=tmp_path)
+    assert msg == user_error("download failed", load_dataset, None, cache_dir=tmp_path, download=True)
+    user_error("download failed", load_dataset, tmp_path / "empty", cache_dir=tmp_path, download=True)
 
-    calls = []
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10",
-                        lambda root, **_: calls.append(write_cifar(Path(root) / "cifar-10-batches-py")))
+
+def test_default_is_cifar10_downloaded_once_into_the_cache(tmp_path, monkeypatch, capsys):
+    calls = fake_download(monkeypatch)
+    first = load_dataset(None, cache_dir=tmp_path)  # no --data and no --download needed
+    assert_expected(first)
+    assert calls == [tmp_path / "data"] and first.path == str((tmp_path / "data" / "cifar-10-batches-py").resolve())
+    out, err = capsys.readouterr()
+    assert out == "" and "downloading it once" in err and "Files already downloaded" in err  # --json stays clean
     assert_expected(load_dataset(None, cache_dir=tmp_path, download=True))
-    assert_expected(load_dataset(None, cache_dir=tmp_path, download=True))
-    assert calls == [tmp_path / "download" / "cifar-10-batches-py"]
+    assert calls == [tmp_path / "data"]  # the second run uses the downloaded folder, offline
+    monkeypatch.delenv("DISTILL_CACHE")
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "home")
+    assert_expected(load_dataset(None))
+    assert calls[-1] == tmp_path / "home" / ".cache" / "distill" / "data"
+    capsys.readouterr()
+    assert_expected(load_dataset(None, cache_dir=tmp_path / "quiet", quiet=True))
+    assert capsys.readouterr() == ("", "")
+
+
+def test_default_honours_distill_data_and_reuses_without_network(tmp_path, monkeypatch):
+    calls = fake_download(monkeypatch)
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "shared-data"))
+    assert_expected(load_dataset(None, cache_dir=tmp_path / "cache"))
+    assert calls == [tmp_path / "shared-data"]
+    offline(monkeypatch)
+    for name in ("ready", "legacy", "batches-itself", "archive"):
+        cache, data = tmp_path / f"cache-{name}", tmp_path / f"data-{name}"
+        monkeypatch.setenv("DISTILL_DATA", str(data))
+        expected = {"ready": data / "cifar-10-batches-py", "legacy": cache / "download" / "cifar-10-batches-py",
+                    "batches-itself": data, "archive": data / "cifar-10-python.tar.gz"}[name]
+        if name == "archive":
+            data.mkdir()
+            write_tar(write_cifar(tmp_path / "c"), expected, "cifar-10-batches-py")
+        else:
+            write_cifar(expected)
+        ds = load_dataset(None, cache_dir=cache)
+        assert_expected(ds)
+        assert ds.path == str(expected.resolve())
+
+
+def test_download_fills_an_empty_data_folder(tmp_path, monkeypatch):
+    calls = fake_download(monkeypatch)
+    assert_expected(load_dataset(tmp_path / "mine", cache_dir=tmp_path / "cache", download=True))
+    assert calls == [tmp_path / "mine"]
 
 
 # --- user errors ---------------------------------------------------------------------------------

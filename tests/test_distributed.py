@@ -59,7 +59,7 @@ def one_writer(out: Path, launches: int) -> None:
     names = sorted(p.name for p in out.iterdir())
     events = [n for n in names if n.startswith("events.out.tfevents")]
     assert len(events) == launches, names
-    kept = ["best.pt", "config.json", "last.pt", "metrics.json", "predictions.pt"]
+    kept = [".lock", "best.pt", "config.json", "last.pt", "metrics.json", "predictions.pt"]
     assert [n for n in names if n not in events] == kept
 
 

@@ -107,6 +107,8 @@ def test_runs_at_different_steps_are_refused(teacher, tmp_path, monkeypatch):
 def test_a_group_writes_predictions_and_each_students_paired_gain_and_fidelity(teacher, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
     from distill import stats
     from distill.runlog import HPARAM_COLUMNS
 
@@ -135,6 +137,13 @@ def test_a_group_writes_predictions_and_each_students_paired_gain_and_fidelity(t
     assert "test/confusion_matrix" in events.Tags()["images"]
     summary = events.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "gain over base" in summary and "McNemar p" in summary and "agreement with the teacher" in summary
-    experiment = events.PluginTagToContent("hparams")["_hparams_/experiment"]
-    assert all(name.encode() in experiment for name in HPARAM_COLUMNS)
-    assert experiment.index(b"role") < experiment.index(b"arch") < experiment.index(b"method") < experiment.index(b"alpha")
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    # TensorBoard sorts columns by name: numbered names keep role, arch, method, ... first, shown by their names
+    assert [h.display_name for h in experiment.hparam_infos] == list(HPARAM_COLUMNS)
+    assert [h.name for h in experiment.hparam_infos] == sorted(h.name for h in experiment.hparam_infos)
+    row = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    values = {key.split("_", 1)[1]: value for key, value in row.hparams.items()}
+    assert values["method"].string_value == "kd" and values["temperature"].number_value == 2.0
+    assert values["alpha"].number_value == pytest.approx(0.9)  # KD's default, as the method used it
+    assert values["epochs"].string_value == str(EPOCHS)  # a count reads "2", not "2.0000"

@@ -191,7 +191,8 @@ def test_an_interrupted_stage_says_how_to_continue_the_pipeline(tmp_path, cli, m
         raise UserError(f"interrupted (epoch 1 step 3); saved {cfgs[0].out}/last.pt", exit_code=130)
 
     monkeypatch.setattr(pipeline_mod, "train_group", interrupted)
-    result = cli("pipeline", "--config", write(tmp_path / "p.toml", GOOD), "--out", tmp_path / "out")
+    config = write_config(tmp_path / "p.toml", write_image_tree(tmp_path / "data"), tmp_path / "cache")
+    result = cli("pipeline", "--config", config, "--out", tmp_path / "out")
     assert result.code == 130
     assert "or rerun this distill pipeline command: finished stages are skipped" in result.err
 
@@ -223,3 +224,33 @@ def test_seeds_run_every_student_and_baseline_once_per_seed_and_the_teacher_once
 def test_bad_seeds_are_one_line_errors(tmp_path, seeds, extra, match):
     with pytest.raises(UserError, match=match):
         load_pipeline(write(tmp_path / "bad.toml", f"seeds = {seeds}\n" + GOOD + extra), {})
+
+
+@pytest.mark.parametrize(("student", "needle"), [
+    ('data = "no/such/data"\n', "stage student-resnet8-kd: --data no/such/data does not exist"),
+    ('limit_train = 9\n', "stage student-resnet8-kd: --batch-size 10 is larger than its 9 training images"),
+])
+def test_a_late_stages_problem_stops_the_pipeline_before_the_teacher_trains(tmp_path, cli, student, needle):
+    data = write_image_tree(tmp_path / "data")
+    config = write_config(tmp_path / "p.toml", data, tmp_path / "cache")
+    config.write_text(config.read_text() + student)
+    result = cli("pipeline", "--config", config, "--out", tmp_path / "out", "--quiet")
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "out" / "teacher-resnet8").exists()
+
+
+def test_a_pipeline_out_that_is_a_file_is_one_line(tmp_path, cli):
+    (tmp_path / "out").write_text("x")
+    config = write_config(tmp_path / "p.toml", write_image_tree(tmp_path / "data"), tmp_path / "cache")
+    assert_one_line_error(cli("pipeline", "--config", config, "--out", tmp_path / "out"), "is a file, not a folder")
+
+
+def test_a_skipped_stage_keeps_its_test_accuracy_in_the_report(experiment, tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    shutil.copytree(experiment["out"], out)
+    monkeypatch.chdir(tmp_path)
+    main(["pipeline", "--config", str(experiment["config"]), "--out", "exp", "--quiet"])
+    report = json.loads((out / "pipeline.json").read_text())
+    for stage in report["stages"]:
+        expected = json.loads((out / stage["name"] / "metrics.json").read_text())["test_accuracy"]
+        assert stage["status"] == "skipped" and stage["test_accuracy"] == expected

@@ -99,3 +99,16 @@ def test_mean_std_and_wilson():
     low, high = wilson_interval(0.9, 10_000)
     assert low < 0.9 < high and high - low == pytest.approx(2 * 1.96 * math.sqrt(0.09 / 10_000), rel=0.01)
     assert wilson_interval(1.0, 20)[1] == 1.0 and wilson_interval(1.0, 20)[0] < 1.0
+
+
+@pytest.mark.parametrize("n", [3, 7, 20, 600, 10_000])
+def test_the_wilson_interval_holds_its_point_even_at_0_and_100_percent(n):
+    from distill.chart import Point, accuracy_per_run
+
+    for k in (0, 1, n - 1, n):
+        low, high = wilson_interval(k / n, n)
+        assert 0.0 <= low <= k / n + 1e-12 and k / n - 1e-12 <= high <= 1.0
+    # and the chart draws a run at 100% (rounding once made the whisker negative)
+    interval = tuple(100 * v for v in wilson_interval(1.0, n))
+    image = accuracy_per_run([Point("teacher", 1e6, 100.0, "teacher", interval=interval)], "accuracy")
+    assert image.ndim == 3

@@ -13,6 +13,7 @@ import torch
 from distill.errors import UserError
 
 from .dataset import one_line
+from .files import require_regular
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_FILES = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
@@ -99,8 +100,9 @@ def _read_classes(path: Path) -> list[str]:
 def cifar_files(root: Path) -> list[Path]:
     """The seven files of the python version, refusing a folder that lacks any."""
     for name in CIFAR_FILES:
-        if not (root / name).is_file():
+        if not (root / name).exists():
             raise UserError(f"CIFAR-10 folder {root} lacks {name}; {FIX} into it")
+        require_regular(root / name, (root / name).stat())
     return [root / name for name in CIFAR_FILES]
 
 

@@ -12,7 +12,8 @@ from distill.errors import UserError
 
 # Bump when the decoded tensors would differ for the same files (resize rule, layout, ...):
 # it is part of every cache key, so old caches are simply never read again.
-FORMAT_VERSION = 1
+# 2: 16-bit images scaled to 8 bits instead of clipped; cache files carry a checksum.
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -25,6 +26,9 @@ class Dataset:
     test_y: torch.Tensor
     classes: list[str]
     source: str  # where it came from, e.g. "cifar10-jpeg.tar.gz (image folders)"
+    # The resolved absolute path that was loaded (for the default: the CIFAR-10 folder used), so a
+    # run can store it and load the same data again from any working directory.
+    path: str = ""
 
 
 @dataclass
@@ -52,13 +56,15 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "distill"
 
 
-def ensure_dir(path: Path) -> Path:
-    """Create a cache folder, turning permission problems into a UserError."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(
-            f"cannot create cache folder {path} ({one_line(err)}); "
-            "set $DISTILL_CACHE (or the cache dir option) to a writable folder"
-        ) from None
-    return path
+def default_data_dir(cache_dir: Path | None = None) -> Path:
+    """Where official CIFAR-10 is downloaded: $DISTILL_DATA when set, else <cache folder>/data."""
+    env = os.environ.get("DISTILL_DATA", "").strip()
+    return Path(env).expanduser() if env else (cache_dir or default_cache_dir()) / "data"
+
+
+def check_classes(classes: list[str], where: str | Path) -> None:
+    """A single class would "train" to 100% accuracy: refuse it before decoding anything."""
+    if len(classes) < 2:
+        names = ", ".join(classes) or "none"
+        raise UserError(f"found {len(classes)} class{'' if len(classes) == 1 else 'es'} ({names}) in {where}: "
+                        "a classifier needs at least 2")

@@ -9,6 +9,7 @@ from pathlib import Path
 from distill.errors import UserError
 
 from .dataset import one_line
+from .files import require_regular
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 
@@ -75,6 +76,7 @@ def _class_images(folder: str, root: Path, seen: set[tuple[int, int]]) -> list[F
                     st = entry.stat()
                 except OSError as err:  # a dangling symlink named like an image
                     raise UserError(f"cannot read {entry.path} ({one_line(err)}); fix or remove it") from None
+                require_regular(entry.path, st)  # opening a FIFO named x.png would block forever
                 out.append(FileEntry(entry.path, os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns))
     return sorted(out, key=lambda f: f.rel)
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -14,8 +19,16 @@ from . import decode
 from .archive import extract_archive, is_archive
 from .cache import cache_key, cache_path, read_cache, write_cache
 from .cifar import CIFAR_FILES, cifar_files, read_cifar
-from .dataset import Dataset, default_cache_dir, ensure_dir, one_line
+from .dataset import (
+    Dataset,
+    check_classes,
+    default_cache_dir,
+    default_data_dir,
+    one_line,
+)
+from .files import clean_stale, require_regular
 from .folders import is_dir, list_visible, scan_tree
+from .progress import Reporter, show
 
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
@@ -23,6 +36,22 @@ LAYOUTS = ("train/<class>/ and test/<class>/ image folders, CIFAR-10 python batc
            f"({CIFAR_DIR}/ or {CIFAR_ARCHIVE}), or a .tar/.tar.gz/.tgz of either")
 KIND_TEXT = {"cifar": "CIFAR-10 python batches", "folders": "image folders"}
 Files = list[tuple[str, int, int]]  # (relative path, size, mtime_ns) of every source file
+NOT_DOWNLOADED = ("CIFAR-10 is not downloaded and the download failed ({why}): pass --data PATH "
+                  f"({CIFAR_ARCHIVE}, {CIFAR_DIR}/, or an image-folder tree) or set $DISTILL_DATA "
+                  "to a folder that holds it")
+
+
+@dataclass
+class _Job:
+    """What every step of one load_dataset call needs."""
+
+    image_size: int
+    cache_dir: Path
+    report: Reporter
+
+    @property
+    def at(self) -> str:
+        return f"{self.image_size}x{self.image_size}"
 
 
 def _is_cifar_dir(path: Path) -> bool:
@@ -55,91 +84,120 @@ def _stat(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _plan(kind: str, root: Path, image_size: int, source: str) -> tuple[Files, Callable[[], Dataset]]:
+def _plan(kind: str, root: Path, job: _Job, source: str, where: Path) -> tuple[Files, Callable[[], Dataset]]:
     """The files that key the cache, and how to decode them (scanning a tree only once)."""
+    say = job.report.say
     if kind == "cifar":
         files = [(p.name, *_stat(p)) for p in cifar_files(root)]
 
         def build() -> Dataset:
+            say(f"loading {show(where)}: reading CIFAR-10 python batches at {job.at} (cached for next time)")
             train_x, train_y, test_x, test_y, classes = read_cifar(root)
-            resize = decode.resize_images
-            return Dataset(resize(train_x, image_size), train_y, resize(test_x, image_size), test_y, classes, source)
+            check_classes(classes, where)
+            with job.report.steps("resizing", len(train_x) + len(test_x)) as advance:
+                train_x, test_x = (decode.resize_images(x, job.image_size, advance) for x in (train_x, test_x))
+            return Dataset(train_x, train_y, test_x, test_y, classes, source)
 
         return files, build
     train, test = scan_tree(root)
+    check_classes(train.classes, where)
 
     def build() -> Dataset:
-        x_tr, x_te = (decode.decode_images([f.path for f in s.files], image_size) for s in (train, test))
+        n = len(train.files) + len(test.files)
+        say(f"loading {show(where)}: decoding {n:,} images at {job.at} (cached for next time)")
+        with job.report.steps("decoding", n) as advance:
+            x_tr, x_te = (decode.decode_images([f.path for f in s.files], job.image_size, advance)
+                          for s in (train, test))
         y_tr, y_te = (torch.tensor(s.labels, dtype=torch.int64) for s in (train, test))
         return Dataset(x_tr, y_tr, x_te, y_te, train.classes, source)
 
     return [(f.rel, f.size, f.mtime_ns) for f in train.files + test.files], build
 
 
-def _cached(key: str, cache_dir: Path, image_size: int, build: Callable[[], Dataset]) -> Dataset:
+def _cached(key: str, n_files: int, job: _Job, where: Path, build: Callable[[], Dataset]) -> Dataset:
     """Read <cache_dir>/tensors/<key>.pt, or build the Dataset and write it there."""
-    path = cache_path(cache_dir, key)
-    ds = read_cache(path, image_size)
-    if ds is None:
-        ds = build()
-        write_cache(path, ds)
+    path = cache_path(job.cache_dir, key)
+    start = time.perf_counter()
+    ds = read_cache(path, job.image_size, n_files, job.report.warn)
+    if ds is not None:
+        n = len(ds.train_y) + len(ds.test_y)
+        job.report.say(f"loading {show(where)}: using the cached decode of {n:,} images at {job.at} "
+                       f"({time.perf_counter() - start:.1f} s)")
+        return ds
+    ds = build()
+    write_cache(path, ds, n_files)
     return ds
 
 
-def _load_archive(archive: Path, image_size: int, cache_dir: Path) -> Dataset:
+def _load_archive(archive: Path, job: _Job) -> Dataset:
     # Keyed on the archive file alone, so a cache hit needs neither unpacking nor a scan.
-    key = cache_key(archive, image_size, [(archive.name, *_stat(archive))])
+    key = cache_key(archive, job.image_size, [(archive.name, *_stat(archive))])
 
     def build() -> Dataset:
-        layout = find_layout(extract_archive(archive, cache_dir))
+        layout = find_layout(extract_archive(archive, job.cache_dir, job.report))
         if layout is None:
             raise UserError(f"archive {archive} holds no dataset; expected {LAYOUTS}")
-        return _plan(*layout, image_size, f"{archive.name} ({KIND_TEXT[layout[0]]})")[1]()
+        return _plan(*layout, job, f"{archive.name} ({KIND_TEXT[layout[0]]})", archive)[1]()
 
-    return _cached(key, cache_dir, image_size, build)
-
-
-def _load_folder(kind: str, root: Path, image_size: int, cache_dir: Path, label: str) -> Dataset:
-    files, build = _plan(kind, root, image_size, f"{label} ({KIND_TEXT[kind]})")
-    return _cached(cache_key(root, image_size, files), cache_dir, image_size, build)
+    return _cached(key, 1, job, archive, build)
 
 
-def _download(root: Path) -> Path:
-    """Fetch the official python batches with torchvision; any failure becomes one UserError."""
-    ensure_dir(root)
+def _load_folder(kind: str, root: Path, job: _Job, where: Path) -> Dataset:
+    files, build = _plan(kind, root, job, f"{root.name or root} ({KIND_TEXT[kind]})", where)
+    return _cached(cache_key(root, job.image_size, files), len(files), job, where, build)
+
+
+def _complete_cifar(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in CIFAR_FILES)
+
+
+def _download(root: Path, report: Reporter) -> Path:
+    """Fetch the official python batches into root with torchvision; any failure is one UserError."""
+    report.say(f"CIFAR-10 is not in {show(root)}: downloading it once (about 170 MB)")
+    # torchvision prints "Files already downloaded" on stdout, which must stay clean for --json,
+    # and its download bar on stderr: both go to stderr, or nowhere when quiet.
+    sink = io.StringIO() if report.quiet else sys.stderr
     try:
+        root.mkdir(parents=True, exist_ok=True)
         from torchvision.datasets import CIFAR10
 
-        CIFAR10(root=str(root), train=True, download=True)  # fetches and unpacks all 6 batches
-    except Exception as err:  # offline: URLError, socket errors, checksum failures, ...
-        raise UserError(
-            f"CIFAR-10 could not be downloaded to {root} ({one_line(err)}); place {CIFAR_ARCHIVE} or an "
-            "image folder tree (train/<class>/, test/<class>/) on this machine and pass it with --data"
-        ) from None
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            CIFAR10(root=str(root), train=True, download=True)  # fetches and unpacks all 6 batches
+    except Exception as err:  # offline: URLError, socket errors, checksum failures, a read-only folder ...
+        raise UserError(NOT_DOWNLOADED.format(why=one_line(err))) from None
+    if not _complete_cifar(root / CIFAR_DIR):
+        raise UserError(NOT_DOWNLOADED.format(why=f"{root / CIFAR_DIR} lacks files afterwards"))
     return root / CIFAR_DIR
 
 
+def _default_cifar(cache_dir: Path, report: Reporter) -> Path:
+    """Official CIFAR-10 from $DISTILL_DATA or <cache>/data, downloaded there the first time."""
+    root = default_data_dir(cache_dir)
+    # <cache>/download is where earlier versions' --download put it: reuse, do not fetch again.
+    for folder in (root, root / CIFAR_DIR, cache_dir / "download" / CIFAR_DIR):
+        if _complete_cifar(folder):
+            return folder
+    if (root / CIFAR_ARCHIVE).is_file():  # a copied archive needs no network: unpacked via the cache
+        return root / CIFAR_ARCHIVE
+    return _download(root, report)
+
+
 def _download_root(path: Path, cache_dir: Path) -> Path:
-    """The given folder when it can be created and written, else <cache_dir>/download."""
+    """The given folder when it can be created and written, else the default data folder."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
         pass
-    return path if path.is_dir() and os.access(path, os.W_OK) else cache_dir / "download"
+    return path if path.is_dir() and os.access(path, os.W_OK) else default_data_dir(cache_dir)
 
 
-def _resolve_path(path: str | Path | None, cache_dir: Path, download: bool) -> Path:
+def _resolve_path(path: str | Path | None, cache_dir: Path, download: bool, report: Reporter) -> Path:
     if path is None:
-        fallback = cache_dir / "download"
-        if (fallback / CIFAR_DIR).is_dir():  # an earlier download
-            return fallback / CIFAR_DIR
-        if not download:
-            raise UserError(f"no dataset given; pass --data with {LAYOUTS}, or add --download to fetch CIFAR-10")
-        return _download(fallback)
+        return _default_cifar(cache_dir, report)
     path = Path(path).expanduser()
     holds_nothing = not path.exists() or (path.is_dir() and not list_visible(path))
     if holds_nothing and download:
-        return _download(_download_root(path, cache_dir))
+        return _download(_download_root(path, cache_dir), report)
     if not path.exists():
         raise UserError(f"data path {path} does not exist; pass --data with an existing file or folder ({LAYOUTS})")
     return path
@@ -153,27 +211,40 @@ def _single_archive(folder: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
+def _load_path(path: Path, job: _Job) -> Dataset:
+    if not path.is_dir():
+        require_regular(path, path.stat())  # e.g. --data pointing at a FIFO
+        if not is_archive(path):
+            raise UserError(f"{path} is not a .tar/.tar.gz/.tgz archive; pass --data with {LAYOUTS}")
+        return _load_archive(path, job)
+    layout = find_layout(path)
+    if layout is not None:
+        return _load_folder(*layout, job, where=path)
+    archive = _single_archive(path)
+    if archive is None:
+        raise UserError(f"{path} holds no dataset; expected {LAYOUTS}; point --data at one")
+    return _load_archive(archive, job)
+
+
 def load_dataset(path: str | Path | None, image_size: int = 32, cache_dir: Path | None = None,
-                 download: bool = False) -> Dataset:
-    """Decode a dataset once and cache it; later calls read the cache (about a second for CIFAR-10).
+                 download: bool = False, *, quiet: bool = False) -> Dataset:
+    """Decode a dataset once and cache it; later calls read the (verified) cache in a fraction of a second.
 
     path: CIFAR-10 python batches (cifar-10-python.tar.gz, a folder holding it, or
     cifar-10-batches-py/), an image-folder tree train/<class>/*, test/<class>/* (or a folder
-    whose only subfolder is one), or a .tar/.tar.gz/.tgz of either. None (or an empty or
-    missing path) with download=True fetches CIFAR-10 through torchvision.
+    whose only subfolder is one), or a .tar/.tar.gz/.tgz of either. None: official CIFAR-10 from
+    $DISTILL_DATA or <cache folder>/data, downloaded there through torchvision the first time.
+    download=True: a given path that is missing or empty is filled with a CIFAR-10 download.
+    quiet: no status lines or progress on stderr (warnings, e.g. a damaged cache, still show).
+    The result's .path is the resolved absolute path that was loaded, for resuming elsewhere.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise UserError(f"image size {image_size!r} is not a positive integer; pass e.g. 32")
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path = _resolve_path(path, cache_dir, download)
-    if path.is_file():
-        if not is_archive(path):
-            raise UserError(f"{path} is not a .tar/.tar.gz/.tgz archive; pass --data with {LAYOUTS}")
-        return _load_archive(path, image_size, cache_dir)
-    layout = find_layout(path)
-    if layout is not None:
-        return _load_folder(*layout, image_size, cache_dir, label=layout[1].name or str(layout[1]))
-    archive = _single_archive(path)
-    if archive is None:
-        raise UserError(f"{path} holds no dataset; expected {LAYOUTS}; point --data at one")
-    return _load_archive(archive, image_size, cache_dir)
+    job = _Job(image_size, cache_dir, Reporter(quiet))
+    for folder in ("extracted", "tensors"):  # leftovers of runs killed midway (a scan of two folders)
+        clean_stale(cache_dir / folder)
+    resolved = _resolve_path(path, cache_dir, download, job.report).resolve()
+    ds = _load_path(resolved, job)
+    ds.path = str(resolved)
+    return ds

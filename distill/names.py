@@ -1,0 +1,22 @@
+"""Every model and method name a user can type, without importing torch.
+
+The command line checks --arch and --method against these before torch is imported, so a typo answers
+in a fraction of a second instead of after 5-25 s of imports and data decoding. The registries that
+build the models and losses (teachers/, students/, distill/losses.py) accept only names declared here
+(`Registry(kind, declared=...)`), and tests/test_cli.py checks that every name declared here is
+registered: a name added on one side only fails at import or in that test.
+"""
+
+from __future__ import annotations
+
+# torchvision ResNets (teachers/__init__.py builds them by these names).
+TEACHER_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2")
+# CIFAR ResNets of He et al. and RepDistiller's 4x-wide ones (students/resnet_cifar.py).
+STUDENT_ARCHS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                 "resnet8x4", "resnet32x4")
+# Teachers' first layers: cifar (3x3 stride 1, no max-pool) or torchvision's imagenet stem.
+STEMS = ("cifar", "imagenet")
+# Either family can be trained by `distill teach` or `distill student`, and any trained model can teach.
+ARCHS = TEACHER_ARCHS + STUDENT_ARCHS
+# distill/losses.py METHODS: none is plain cross-entropy (the baseline).
+METHOD_NAMES = ("none", "kd", "dkd")
