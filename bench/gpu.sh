@@ -22,9 +22,11 @@
 #
 # Preconditions, on the GPU machine, run from the repository root:
 #   - .whl/ holds the kornia wheels (/work/shared/gpu/fetch-wheels.sh). Unless kornia already imports,
-#     this script installs them itself, as the device README says:
+#     this script installs them itself, as the device README says, and then this checkout (offline, no
+#     dependencies: distill.teachers/students are mapped in at install time), both into /tmp/site:
 #       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-#       export PYTHONPATH=/tmp/site:$PWD
+#       python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
+#       export PYTHONPATH=/tmp/site
 #   - .data/cifar10-jpeg.tar.gz: a copy of /work/shared/data/cifar10-jpeg.tar.gz (.data/ is git-ignored).
 #   - $OUT: the folder that comes back (default ./bench/out); GIT_COMMIT=<hash> when the copy has no .git.
 #
@@ -124,8 +126,14 @@ install_wheels() {
     say "installing .whl/*.whl into /tmp/site"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >>"$LOG" 2>&1
   fi
-  [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} \
-    || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  # distill.teachers and distill.students live in the top-level teachers/ and students/ folders and are
+  # mapped into the package at install time (pyproject.toml): install this checkout too, offline.
+  if ! "$PY" -c "import distill.teachers, distill.students" 2>/dev/null; then
+    say "installing this checkout into /tmp/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . >>"$LOG" 2>&1 \
+      || say "pip install of the checkout FAILED (see above): distill.teachers will not import"
+  fi
+  [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 }
 
 print_env() {

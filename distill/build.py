@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 import os
 from pathlib import Path
 
@@ -17,16 +18,17 @@ from torch import nn
 from distill import checkpoint as ckpt_io
 from distill import config as C
 from distill import distributed as dist_util
-from distill.augment import GpuAugment, Preprocess, parse_augment
+from distill.augment import GpuAugment, Preprocess, parse_augment, to_float
 from distill.data import Splits, channel_stats, default_cache_dir, load_dataset, make_splits
 from distill.errors import UserError
 from distill.evaluation import model_from_checkpoint
-from distill.losses import METHODS
-from distill.models import build_model, make_spec, new_parameter_names
+from distill.methods import Method, Outputs
+from distill.methods import create as create_method
+from distill.models import WithFeatures, build_model, forward_with_features, make_spec, new_parameter_names
 from distill.runfolder import RunLock, check_out, make_out
 from distill.runlog import RunLogger
 from distill.runstate import Group, Run, restore, set_rng_state
-from distill.train import Learner, Loop, ModelEMA, TeacherModel, ema_decay, require_classes
+from distill.train import Learner, Loop, ModelEMA, TeacherModel, ema_decay, model_input, require_classes, unwrap
 
 # Settings a resumed run must share with the run it continues (anything else may change).
 MUST_MATCH = ("arch", "data", "image_size", "resize", "batch_size", "val_size", "limit_train", "seed",
@@ -122,8 +124,13 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(model, cfg, fresh, steps_per_epoch):
-    opt = torch.optim.SGD(param_groups(model, cfg, fresh), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+def make_optimizer(model, cfg, fresh, steps_per_epoch, method_modules=None):
+    """Nesterov SGD over the model and the modules a method trains (at the full rate), on the warm-up +
+    cosine schedule."""
+    groups = param_groups(model, cfg, fresh)
+    if method_modules is not None:
+        groups += param_groups(method_modules, cfg, set())
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
     return opt, sched
@@ -152,33 +159,57 @@ def configure_backends(cfg: C.TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def method_kwargs(cfg: C.TrainConfig) -> dict:
-    keys = ("temperature", "alpha", "beta", "kd_warmup_epochs")
-    given = {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None}
-    return {"label_smoothing": cfg.label_smoothing, **given}
-
-
-def make_method(cfg: C.TrainConfig):
+def make_method(cfg: C.TrainConfig) -> Method:
+    """The run's loss: a teacher's and a baseline's plain cross-entropy, a student's distillation method."""
     if not isinstance(cfg, C.StudentConfig):
-        return METHODS.create("none", label_smoothing=cfg.label_smoothing)
-    return METHODS.create(cfg.effective_method, **method_kwargs(cfg))
+        return create_method("none", label_smoothing=cfg.label_smoothing)
+    return create_method(cfg.effective_method, cfg.method_options() if cfg.effective_method != "none" else {},
+                         cfg.label_smoothing)
 
 
 def make_learner(cfg: C.TrainConfig, name: str, spec: dict, stats: tuple, device: torch.device,
-                 channels_last: bool, steps_per_epoch: int, pretrained: bool) -> Learner:
-    """Model, optimizer, schedule, EMA and loss of one run. Initial weights depend on --seed alone, not
-    on what ran before in the process (nor on the other members of a group)."""
+                 channels_last: bool, steps_per_epoch: int, pretrained: bool, probe: Probe) -> Learner:
+    """Model, loss (and the modules it trains), optimizer, schedule and EMA of one run. Initial weights depend
+    on --seed alone, not on what ran before in the process (nor on the other members of a group)."""
     torch.manual_seed(cfg.seed)
     weights = getattr(cfg, "weights", "none") if pretrained else "none"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(spec, weights).to(device, memory_format=fmt)
+    preprocess = Preprocess(*stats, spec["input_size"]).to(device)
+    method = make_method(cfg)
+    if method.needs_features:  # the shapes its connectors need: one small batch through both models
+        modules = method.setup(probe.outputs(model, preprocess), probe.teacher_outputs())
+        if modules is not None:
+            method.modules = modules.to(device)
     # The configured weights even on resume: they shape the parameter groups the saved optimizer has.
     fresh = new_parameter_names(spec, getattr(cfg, "weights", "none"))
-    optimizer, scheduler = make_optimizer(model, cfg, fresh, steps_per_epoch)
+    optimizer, scheduler = make_optimizer(model, cfg, fresh, steps_per_epoch, method.modules)
     decay = ema_decay(cfg.ema_horizon, cfg.epochs * steps_per_epoch)
-    return Learner(name=name, model=model, preprocess=Preprocess(*stats, spec["input_size"]).to(device),
-                   optimizer=optimizer, scheduler=scheduler, method=make_method(cfg), grad_clip=cfg.grad_clip,
+    return Learner(name=name, model=WithFeatures(model) if method.needs_features else model, preprocess=preprocess,
+                   optimizer=optimizer, scheduler=scheduler, method=method, grad_clip=cfg.grad_clip,
                    ema=ModelEMA(model, decay) if decay > 0 else None)
+
+
+@dataclass
+class Probe:
+    """Two training images, to show a feature method the shapes of the student's and the teacher's features."""
+
+    images: torch.Tensor  # float [0, 1], on the device
+    teacher: TeacherModel | None
+    channels_last: bool
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, preprocess: Preprocess) -> Outputs:
+        was_training = model.training
+        model.eval()  # BatchNorm statistics stay as they are
+        out = Outputs(*forward_with_features(model, model_input(self.images, preprocess, self.channels_last)))
+        model.train(was_training)
+        return out
+
+    def teacher_outputs(self) -> Outputs:
+        if self.teacher is None:
+            raise UserError("a feature distillation method needs --teacher CKPT")
+        return self.outputs(unwrap(self.teacher.model), self.teacher.preprocess)
 
 
 def with_resolved_data(cfg: C.TrainConfig) -> C.TrainConfig:
@@ -269,9 +300,12 @@ def make_loop(cfgs: list[C.TrainConfig], names: list[str], splits: Splits, devic
     lead = cfgs[0]
     channels_last = device.type == "cuda" if lead.channels_last is None else lead.channels_last
     steps = len(splits.train_x) // lead.batch_size
+    probe = Probe(to_float(splits.train_x[:2].to(device)), teacher, channels_last)
     learners = [make_learner(cfg, name, learner_spec(cfg, splits), (norm["mean"], norm["std"]), device,
-                             channels_last, steps, pretrained=new)
+                             channels_last, steps, pretrained=new, probe=probe)
                 for cfg, name, norm, new in zip(cfgs, names, norms, fresh)]
+    if teacher is not None and any(learner.method.needs_features for learner in learners):
+        teacher = TeacherModel(WithFeatures(teacher.model), teacher.preprocess)  # its features, once a step
     return Loop(learners=learners, augment=GpuAugment(parse_augment(lead.augment), len(splits.classes)),
                 train_x=splits.train_x.to(device), train_y=splits.train_y.to(device), batch_size=lead.batch_size,
                 seed=lead.seed, device=device, amp_dtype=amp_dtype(lead, device), channels_last=channels_last,

@@ -7,58 +7,20 @@ fields, so an option cannot exist without a description.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill.augment_spec import parse_augment
 from distill.errors import UserError
-from distill.names import ARCHS, METHOD_NAMES, STEMS
+from distill.methods import METHODS, all_option_names, method_names, option_type, resolve_options
+from distill.names import ARCHS, STEMS
+from distill.options import AT_LEAST_1, MIN_IMAGE_SIZE, NON_NEGATIVE, POSITIVE, Range, dash, opt
 
 # Everything this module imports is torch-free: the CLI resolves and validates a config before it imports
 # torch, so a bad option answers in a fraction of a second (tests/test_cli.py holds it to that).
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid values of a numeric option. NaN and infinities are in none: no option means anything by them."""
-
-    low: float
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return math.isfinite(value) and above and below
-
-    def text(self, kind: type) -> str:
-        """'at least 1', 'positive and finite', 'in (0, 1)': what follows 'must be' in an error."""
-        if self.high == math.inf:
-            text = "positive" if self.low == 0 and self.low_open else f"at least {self.low}"
-            return text + (" and finite" if kind is float else "")
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-
-    def check(self, name: str, value: float) -> None:
-        if value not in self:
-            raise UserError(f"--{dash(name)} must be {self.text(type(value))} (got {value})")
-
-
-AT_LEAST_1, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
-# The smallest --image-size (and --resize). Every model runs from 1 pixel up (measured: the convolutions pad
-# and the pooling is adaptive), so the floor is about meaning: the CIFAR ResNets downsample 4x, and at 8 their
-# last stage still sees a 2x2 map, below 8 a single pixel (and the torchvision stem downsamples 32x). The
-# augmentations need 5 or more anyway (the default crop's reflect padding of 4; TrivialAugment's 3x3 filters).
-MIN_IMAGE_SIZE = 8
-
-
-def opt(default, help: str, choices: tuple[str, ...] | None = None, within: Range | None = None):
-    """A config field: its default, its --help text (also its why-comment) and its valid values."""
-    return field(default=default, metadata={"help": help, "choices": choices, "range": within})
 
 
 @dataclass
@@ -125,16 +87,12 @@ class TeachConfig(TrainConfig):
 
 
 @dataclass
-class StudentConfig(TrainConfig):
+class _StudentOptions(TrainConfig):
     arch: str = opt("resnet20", "Student architecture (see `distill models`).", ARCHS)
     teacher: str | None = opt(None, "Teacher checkpoint (best.pt or last.pt of `distill teach`).")
     no_teacher: bool = opt(False, "Train the baseline: same recipe, plain cross-entropy, no teacher (same as --method none).")
-    method: str = opt("kd", "Distillation method: kd (Hinton), dkd (decoupled KD), none (baseline).", METHOD_NAMES)
-    temperature: float = opt(4.0, "Softmax temperature T of the distillation term.", within=POSITIVE)
-    # kd's alpha is a share, in [0, 1] (checked in validate); dkd's is a weight like beta.
-    alpha: float | None = opt(None, "Weight of the DISTILLATION term (kd: loss = (1-alpha)*CE + alpha*T^2*KL, default 0.9; dkd: TCKD weight, default 1.0). Some toolkits weight CE instead.", within=NON_NEGATIVE)
-    beta: float | None = opt(None, "DKD only: weight of the non-target-class term NCKD (default 8.0).", within=NON_NEGATIVE)
-    kd_warmup_epochs: float = opt(20.0, "DKD only: epochs over which the distillation weight ramps up linearly.", within=NON_NEGATIVE)
+    method: str = opt("kd", "Distillation method: " + "; ".join(f"{n}: {c.summary}" for n, c in METHODS.items()) + ".",
+                      method_names())
     compile_teacher: bool | None = opt(None, "torch.compile the teacher's forward pass (one batch shape: under reduce-overhead one CUDA graph). Unset: as the student is compiled.")
     any_teacher: bool = opt(False, "Allow a student or baseline checkpoint as --teacher (any trained model can teach).")
 
@@ -146,22 +104,38 @@ class StudentConfig(TrainConfig):
     def effective_method(self) -> str:
         return "none" if self.no_teacher else self.method
 
+    def method_options(self) -> dict:
+        """The values given for the method's options (None: the method's default)."""
+        return {name: getattr(self, name) for name in all_option_names()}
+
     def validate(self) -> None:
         super().validate()
         if self.teacher and self.no_teacher:
             raise UserError("--teacher and --no-teacher contradict each other: choose one")
         if self.effective_method != "none" and not self.teacher:
             raise UserError(f"--method {self.method} needs --teacher CKPT (or use --no-teacher for the baseline)")
-        if self.alpha is not None and self.effective_method == "kd":
-            Range(0, 1).check("alpha", self.alpha)
+        # The options the method takes, each in the method's own range; the others refused. Checked against
+        # --method even for the baseline (--no-teacher), which then ignores them.
+        resolve_options(self.method, self.method_options())
+
+
+def method_option_field(name: str) -> tuple[str, object, dataclasses.Field]:
+    """One --option for every method that takes it: default None (the method's own default), its help from
+    the first method that declares it, with each method's default."""
+    declared = [(cls.name, f) for cls in METHODS.values() for f in dataclasses.fields(cls.Options) if f.name == name]
+    defaults = ", ".join(f"{method} {f.default}" for method, f in declared)
+    help_text = f"{declared[0][1].metadata['help']} Methods and defaults: {defaults}."
+    return name, option_type(name) | None, opt(None, help_text)
+
+
+# StudentConfig: the student's options plus every distillation method's options, declared by the methods
+# themselves (distill/methods/): adding a method adds its options here without touching this file.
+StudentConfig = dataclasses.make_dataclass("StudentConfig", [method_option_field(n) for n in all_option_names()],
+                                           bases=(_StudentOptions,))
 
 
 # Options that change nothing a run computes: never compared on resume, never shown as hyperparameters.
 NOT_COMPUTED = ("config", "quiet", "resume", "force")
-
-
-def dash(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def check_choice(name: str, value: str) -> None:

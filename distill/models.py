@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-import students
-import teachers
+from distill import students, teachers
 from distill.errors import UserError
 
 
@@ -20,6 +19,26 @@ def family_of(arch: str) -> str:
         return "student"
     valid = ", ".join(teachers.TEACHERS.list() + students.STUDENTS.list())
     raise UserError(f"unknown arch '{arch}': choose one of {valid}")
+
+
+class WithFeatures(nn.Module):
+    """A model whose forward returns (logits, features): what a feature-distillation method trains through.
+    Wrapping (rather than calling a second method) keeps torch.compile and DDP seeing an ordinary forward;
+    `module` holds the model itself, whose state_dict is the one saved."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return forward_with_features(self.module, x)
+
+
+def forward_with_features(model: nn.Module, x):
+    """(logits, [stem output, stage outputs..., pooled feature]) of any student or teacher."""
+    if hasattr(model, "forward_features"):  # the CIFAR students
+        return model.forward_features(x)
+    return teachers.forward_features(model, x)
 
 
 def make_spec(arch: str, num_classes: int, input_size: int, stem: str = "cifar") -> dict:

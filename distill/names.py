@@ -1,8 +1,8 @@
-"""Every model and method name a user can type, without importing torch.
+"""Every model name a user can type, without importing torch (methods: distill/methods/, torch-free too).
 
 The command line checks --arch and --method against these before torch is imported, so a typo answers
 in a fraction of a second instead of after 5-25 s of imports and data decoding. The registries that
-build the models and losses (teachers/, students/, distill/losses.py) accept only names declared here
+build the models (teachers/, students/) accept only names declared here
 (`Registry(kind, declared=...)`), and tests/test_cli.py checks that every name declared here is
 registered: a name added on one side only fails at import or in that test.
 """
@@ -18,5 +18,3 @@ STUDENT_ARCHS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "res
 STEMS = ("cifar", "imagenet")
 # Either family can be trained by `distill teach` or `distill student`, and any trained model can teach.
 ARCHS = TEACHER_ARCHS + STUDENT_ARCHS
-# distill/losses.py METHODS: none is plain cross-entropy (the baseline).
-METHOD_NAMES = ("none", "kd", "dkd")

@@ -29,6 +29,7 @@ from distill.checkpoint import write_text_atomic
 from distill.compare import compare, minutes, print_comparison
 from distill.errors import UserError
 from distill.checkpoint import load_checkpoint
+from distill.methods import all_option_names
 from distill.build import GROUP_SHARED
 from distill.runfolder import default_out
 from distill.run import train_group
@@ -36,7 +37,7 @@ from distill.run import train_group
 TOP_KEYS = ("baselines", "common", "seeds", "students", "teacher", "train_together")
 MANAGED = {"config", "out", "resume", "force"}  # set per stage by the pipeline, never by the file
 STUDENT_MANAGED = MANAGED | {"teacher", "no_teacher"}  # the teacher is the teacher stage's best.pt
-KD_ONLY = ("method", "temperature", "alpha", "beta", "kd_warmup_epochs", "any_teacher")
+KD_ONLY = ("method", "any_teacher", *all_option_names())  # what a baseline drops from its student's table
 SHARED = {f.name for f in dataclasses.fields(C.TrainConfig)}  # valid for a teacher and a student alike
 ROLE_TABLES = ((C.TeachConfig, "[teacher]"), (C.StudentConfig, "[[students]]"))
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-import students
-import teachers
+from distill import students, teachers
 from distill.compare import percent
 from distill.modelinfo import describe
 from distill.models import build_model, make_spec

@@ -76,7 +76,8 @@ def final_metrics(group: Group, run: Run, test: dict, model: torch.nn.Module) ->
             "trained_with": [r.out.name for r in group.runs if r is not run],  # they share wall time and speed
             "dataset": s.source if hasattr(s, "source") else cfg.data, "train_images": len(s.train_x),
             "test_images": len(s.test_x), "device": device_name(group.device), "teacher": run.teacher_info,
-            **extra, "eval_weights": run.eval_weights, "tta": cfg.tta, "seed": cfg.seed,
+            **extra, "method_options": run.learner.method.option_values(), "eval_weights": run.eval_weights,
+            "tta": cfg.tta, "seed": cfg.seed,
             "predictions": PREDICTIONS_FILE}
 
 
@@ -107,9 +108,9 @@ def write_predictions(group: Group, run: Run, probs: torch.Tensor) -> None:
 def hparams(run: Run, metrics: dict) -> dict:
     """The HPARAMS row of a run: the options a user compares first, as they read (a count is text, not
     6.0000), the distillation options as the method uses them (its defaults included), none for others."""
-    method = run.learner.method
+    options = run.learner.method.option_values()
     values = {"role": run.cfg.role, "arch": run.cfg.arch, "method": metrics.get("method") or "-",
-              "temperature": getattr(method, "temperature", None), "alpha": getattr(method, "alpha", None),
+              "temperature": options.get("temperature"), "alpha": options.get("alpha"),
               "epochs": str(run.epoch), "lr": run.cfg.lr, "params_M": round(metrics["params"] / 1e6, 3),
               "seed": str(run.cfg.seed)}
     return {k: values[k] for k in HPARAM_COLUMNS if values[k] is not None}

@@ -5,6 +5,8 @@ baselines together): build, fit epoch by epoch with validation and checkpoints, 
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import torch
 
@@ -67,10 +69,23 @@ def end_epoch(group: Group, run: Run, stats: dict) -> None:
     run.logger.epoch_line(run.epoch, scalars)
 
 
+def step_hook(lead: Run):
+    """After each step: the progress bar, and DISTILL_TEST_STEP_SLEEP seconds of sleep when that is set (only
+    tests set it, so that a signal reliably lands mid-epoch in a child process)."""
+    pause = float(os.environ.get("DISTILL_TEST_STEP_SLEEP", "0"))
+
+    def on_step(step: int, steps: int) -> None:
+        lead.logger.step(step, steps)
+        if pause:
+            time.sleep(pause)
+
+    return on_step
+
+
 def fit(group: Group, stop: StopSignals) -> None:
     """Epochs from wherever the runs stand to cfg.epochs; a stop request saves and raises Interrupted."""
     loop, lead = group.loop, group.lead
-    hooks = Hooks(stop_requested=stop.requested, on_step=lead.logger.step)
+    hooks = Hooks(stop_requested=stop.requested, on_step=step_hook(lead))
     while lead.epoch < lead.cfg.epochs:
         if lead.step_in_epoch == 0:
             seed_epoch(lead.cfg.seed, lead.epoch)

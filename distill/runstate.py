@@ -16,6 +16,7 @@ import torch
 from distill import checkpoint as ckpt_io
 from distill import config as C
 from distill.data import Splits
+from distill.errors import UserError
 from distill.runlog import RunLogger
 from distill.train import Learner, Loop, unwrap
 
@@ -91,7 +92,9 @@ def save_last(run: Run) -> None:
     learner = run.learner
     ema = learner.ema.module.state_dict() if learner.ema else None
     ck = base_checkpoint(run, unwrap(learner.model).state_dict(), ema, run.eval_weights)
-    ck.update(optimizer=learner.optimizer.state_dict(), scheduler=learner.scheduler.state_dict(),
+    modules = learner.method.modules  # a method's own trainable modules (connectors) continue too
+    ck.update(method_state=None if modules is None else modules.state_dict(),
+              optimizer=learner.optimizer.state_dict(), scheduler=learner.scheduler.state_dict(),
               step_in_epoch=run.step_in_epoch, rng=rng_state(), ema_updates=learner.ema.updates if learner.ema else 0,
               wall_seconds=run.wall_seconds + time.perf_counter() - run.started,
               train_images=run.train_images, train_seconds=run.train_seconds,
@@ -112,6 +115,11 @@ def save_checkpoints(run: Run) -> None:
 def restore(run: Run, ck: dict) -> None:
     learner = run.learner
     unwrap(learner.model).load_state_dict(ck["model"])
+    if learner.method.modules is not None:
+        if ck.get("method_state") is None:
+            raise UserError(f"{run.out / 'last.pt'} holds no state of --method {run.cfg.method}'s own modules: "
+                            f"resume it with the method it was trained with, or start over with --force")
+        learner.method.modules.load_state_dict(ck["method_state"])
     if learner.ema is not None and ck.get("ema") is not None:
         learner.ema.module.load_state_dict(ck["ema"])
         learner.ema.updates = ck.get("ema_updates", 0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,12 +23,10 @@ from torch import Tensor, nn
 from distill.augment import GpuAugment, Preprocess, to_float
 from distill.distributed import all_reduce_sum, any_rank
 from distill.errors import UserError
-from distill.losses import Method
+from distill.methods import Method, Outputs
 
 FINITE_CHECK_EVERY = 50  # steps between host syncs that look for a non-finite loss
 STOP_SYNC_EVERY = 10  # under torchrun, steps between the ranks' agreement on a stop request
-# Test-only hook: seconds to sleep after each step, so tests can signal a run mid-epoch. Read here only.
-TEST_STEP_SLEEP = float(os.environ.get("DISTILL_TEST_STEP_SLEEP", "0"))
 
 
 class Interrupted(Exception):
@@ -89,6 +86,11 @@ class Learner:
     grad_clip: float = 0.0
     ema: ModelEMA | None = None
 
+    def trainable_parameters(self) -> list:
+        """The student's parameters and those of modules the method owns (connectors): one optimizer for both."""
+        own = self.method.modules
+        return [*self.model.parameters(), *([] if own is None else own.parameters())]
+
 
 @dataclass
 class Loop:
@@ -114,6 +116,10 @@ class Loop:
     @property
     def needs_teacher(self) -> bool:
         return any(learner.method.needs_teacher for learner in self.learners)
+
+    @property
+    def needs_features(self) -> bool:
+        return any(learner.method.needs_features for learner in self.learners)
 
 
 @dataclass
@@ -148,36 +154,42 @@ def model_input(x: Tensor, preprocess: Preprocess, channels_last: bool) -> Tenso
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def teacher_logits(loop: Loop, x: Tensor) -> Tensor | None:
-    """The teacher's logits on exactly the learners' augmented batch, once for all of them."""
+def teacher_outputs(loop: Loop, x: Tensor) -> Outputs | None:
+    """The teacher on exactly the learners' augmented batch, once for all of them (its features too when a
+    learner's method uses them: then its model is wrapped in WithFeatures)."""
     if loop.teacher is None or not loop.needs_teacher:
         return None
     with torch.no_grad(), autocast(loop.device, loop.amp_dtype):
-        return loop.teacher.model(model_input(x, loop.teacher.preprocess, loop.channels_last))
+        return as_outputs(loop.teacher.model(model_input(x, loop.teacher.preprocess, loop.channels_last)))
 
 
-def learner_step(loop: Loop, learner: Learner, x: Tensor, targets: Tensor, teacher: Tensor | None,
+def as_outputs(result) -> Outputs:
+    """A forward's result as Outputs: logits alone, or (logits, features) from a WithFeatures model."""
+    return Outputs(*result) if isinstance(result, tuple) else Outputs(result)
+
+
+def learner_step(loop: Loop, learner: Learner, x: Tensor, targets: Tensor, teacher: Outputs | None,
                  progress: float) -> tuple[Tensor, Tensor]:
     """One optimizer step of one learner; returns its detached loss and its count of correct top-1."""
     with autocast(loop.device, loop.amp_dtype):
-        logits = learner.model(model_input(x, learner.preprocess, loop.channels_last))
-    loss, _ = learner.method(logits, teacher, targets, progress)
+        out = as_outputs(learner.model(model_input(x, learner.preprocess, loop.channels_last)))
+    loss, _ = learner.method(out, teacher, targets, progress)
     learner.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if learner.grad_clip > 0:
-        nn.utils.clip_grad_norm_(learner.model.parameters(), learner.grad_clip)
+        nn.utils.clip_grad_norm_(learner.trainable_parameters(), learner.grad_clip)
     learner.optimizer.step()
     learner.scheduler.step()
     if learner.ema is not None:
         learner.ema.update(unwrap(learner.model))
-    correct = (logits.detach().argmax(1) == targets.argmax(1)).sum()
+    correct = (out.logits.detach().argmax(1) == targets.argmax(1)).sum()
     return loss.detach(), correct
 
 
 def train_step(loop: Loop, x_u8: Tensor, y: Tensor, progress: float) -> list[tuple[Tensor, Tensor]]:
     """Augment once, run the teacher once, step every learner: (loss, correct) per learner."""
     x, targets = loop.augment(x_u8, y)
-    teacher = teacher_logits(loop, x)
+    teacher = teacher_outputs(loop, x)
     return [learner_step(loop, learner, x, targets, teacher, progress) for learner in loop.learners]
 
 
@@ -207,8 +219,6 @@ def train_one_epoch(loop: Loop, epoch: int, start_step: int = 0, hooks: Hooks | 
         if step % FINITE_CHECK_EVERY == 0 and step < steps:  # the last step is checked below
             check_finite(loop, all_reduce_sum(loss_sum.clone()), epoch, step)
         hooks.on_step(step, steps)
-        if TEST_STEP_SLEEP:
-            time.sleep(TEST_STEP_SLEEP)
     all_reduce_sum(loss_sum)  # every rank reports the global epoch figures (no-op on one process)
     all_reduce_sum(correct)
     # Also when stopping early: the caller saves last.pt next, and must never save diverged weights.
@@ -271,9 +281,12 @@ def evaluate(model: nn.Module, preprocess: Preprocess, x_u8: Tensor, y: Tensor, 
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel and/or torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    """The plain module under DistributedDataParallel, torch.compile and WithFeatures wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
 
 
 def require_classes(teacher_classes: list[str], data_classes: list[str], path: str) -> None:

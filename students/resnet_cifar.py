@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from students import STUDENTS
+from distill.students import STUDENTS
 
 Shortcut = Literal["A", "B"]
 Widths = tuple[int, int, int, int]  # stem, stage 1, stage 2, stage 3

@@ -139,5 +139,17 @@ for _arch in TORCHVISION_ARCHS:
     TEACHERS.register(_arch)(partial(build_torchvision, _arch))
 
 
+def forward_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and [stem output, layer1-4 outputs, pooled feature] of a torchvision ResNet: the same layers
+    as its forward, in the layout students' `forward_features` return (for feature distillation)."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    feats = [x]
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        feats.append(layer(feats[-1]))
+    pooled = torch.flatten(model.avgpool(feats[-1]), 1)
+    feats.append(pooled)
+    return model.fc(pooled), feats
+
+
 def create(arch: str, num_classes: int = 10, stem: str = "cifar", weights: str = "none") -> nn.Module:
     return TEACHERS.create(arch, num_classes=num_classes, stem=stem, weights=weights)

@@ -13,12 +13,12 @@ import pytest
 import torch
 import typer
 
-import students
-import teachers
+from distill import students
+from distill import teachers
 from distill import augment, augment_spec, names
 from distill import config as C
 from distill.cli import app, package_version
-from distill.losses import METHODS
+from distill.methods import METHODS, all_option_names
 from distill.registry import Registry
 from runhelpers import FAST, spawn
 
@@ -79,7 +79,7 @@ def test_every_declared_name_is_registered_and_nothing_else():
     """distill/names.py is what the CLI checks before torch; the registries are what builds. One list each."""
     assert teachers.TEACHERS.list() == sorted(names.TEACHER_ARCHS)
     assert students.STUDENTS.list() == sorted(names.STUDENT_ARCHS)
-    assert METHODS.list() == sorted(names.METHOD_NAMES)
+    assert C.FIELD_CHOICES["method"] == tuple(METHODS)  # the methods register themselves (distill/methods/)
     assert teachers.STEMS == names.STEMS
     assert tuple(augment._POLICIES) == augment_spec.POLICIES
 
@@ -97,10 +97,18 @@ CONFIGS = (C.TrainConfig, C.TeachConfig, C.StudentConfig)
 @pytest.mark.parametrize("cls", CONFIGS)
 def test_every_numeric_option_has_a_range_and_its_default_is_in_it(cls):
     hints = typing.get_type_hints(cls)
+    method_options = set(all_option_names())  # ranged per method: see the next test
     for f in dataclasses.fields(cls):
-        if C.base_type(hints[f.name]) in (int, float):
+        if C.base_type(hints[f.name]) in (int, float) and f.name not in method_options:
             assert f.metadata["range"] is not None, f"--{C.dash(f.name)} has no valid range"
             assert f.default is None or f.default in f.metadata["range"], f.name
+
+
+def test_every_method_option_has_a_range_help_and_a_default_inside_it():
+    for name, cls in METHODS.items():
+        for f in dataclasses.fields(cls.Options):
+            assert f.metadata["help"] and f.metadata["range"] is not None, (name, f.name)
+            assert f.default in f.metadata["range"], (name, f.name)
 
 
 @pytest.mark.parametrize("value, inside", [(0.5, True), (0.0, False), (1.0, False), (float("nan"), False),

@@ -56,8 +56,8 @@ def state(folder) -> dict:
 
 def test_each_run_of_a_group_ends_with_the_weights_it_gets_alone(teacher, tmp_path, monkeypatch):
     forwards = []
-    real = train_mod.teacher_logits
-    monkeypatch.setattr(train_mod, "teacher_logits", lambda loop, x: forwards.append(1) or real(loop, x))
+    real = train_mod.teacher_outputs
+    monkeypatch.setattr(train_mod, "teacher_outputs", lambda loop, x: forwards.append(1) or real(loop, x))
     together = train_group(configs(teacher, tmp_path / "together"))
     assert len(forwards) == EPOCHS * STEPS  # one teacher forward per step for the whole group
     alone = [train_run(cfg) for cfg in configs(teacher, tmp_path / "alone")]

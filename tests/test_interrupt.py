@@ -1,5 +1,5 @@
 """Ctrl-C, SIGTERM and SIGKILL sent to real child processes: what is saved, what is printed, and how
-the run continues. DISTILL_TEST_STEP_SLEEP (read once in distill/train.py) slows each step so a signal
+the run continues. DISTILL_TEST_STEP_SLEEP (read by distill/run.py's step hook) slows each step so a signal
 reliably lands mid-run."""
 
 from __future__ import annotations

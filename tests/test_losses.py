@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import UserError
-from distill.losses import METHODS, soft_cross_entropy
+from distill.methods import METHODS, Outputs, create, soft_cross_entropy
 
 B, C = 16, 10
 
@@ -25,8 +25,17 @@ def mixed_targets(lam: float = 0.7) -> torch.Tensor:
     return lam * one_hot(torch.randint(C, (B,))) + (1 - lam) * one_hot(torch.randint(C, (B,)))
 
 
+def make(name: str, label_smoothing: float = 0.0, **options):
+    return create(name, options, label_smoothing)
+
+
+def call(method, s, t, y, progress: float = 100.0):
+    """A logits-only method on (student, teacher) logits, as the loop calls it with Outputs."""
+    return method(Outputs(s), None if t is None else Outputs(t), y, progress)
+
+
 def total(name: str, s, t, y, progress: float = 100.0, **kw) -> torch.Tensor:
-    return METHODS.create(name, **kw)(s, t, y, progress)[0]
+    return call(make(name, **kw), s, t, y, progress)[0]
 
 
 # --- soft_cross_entropy ---------------------------------------------------------------------
@@ -114,8 +123,8 @@ def test_dkd_matches_per_sample_reference(temp, alpha, beta):
 
 def test_dkd_warmup_is_linear_then_saturates():
     s, t, y = logits(), logits(), mixed_targets()
-    method = METHODS.create("dkd", kd_warmup_epochs=20.0)
-    kd_at = {p: method(s, t, y, p)[1]["kd"] for p in (0.0, 5.0, 20.0, 40.0)}
+    method = make("dkd", kd_warmup_epochs=20.0)
+    kd_at = {p: call(method, s, t, y, p)[1]["kd"] for p in (0.0, 5.0, 20.0, 40.0)}
     assert kd_at[0.0] == 0
     torch.testing.assert_close(kd_at[5.0], 0.25 * kd_at[20.0])
     torch.testing.assert_close(kd_at[40.0], kd_at[20.0])
@@ -127,7 +136,7 @@ def test_kd_decomposes_into_tckd_and_nckd(temp):
     for _ in range(5):
         s, t = logits(batch=1).double(), logits(batch=1).double()
         y = one_hot(torch.randint(C, (1,))).double()
-        _, parts = METHODS.create("dkd", temperature=temp)(s, t, y, 100.0)
+        _, parts = call(make("dkd", temperature=temp), s, t, y)
         kd = total("kd", s, t, y, temperature=temp, alpha=1.0)
         p_target = torch.softmax(t / temp, dim=1)[0, y.argmax()]
         torch.testing.assert_close(kd, parts["tckd"] + (1 - p_target) * parts["nckd"])
@@ -142,28 +151,31 @@ def test_dkd_is_finite_for_confident_logits():
 
 
 def test_registry_names_and_unknown_name():
-    assert METHODS.list() == ["dkd", "kd", "none"]
-    with pytest.raises(UserError, match="dkd, kd, none"):
-        METHODS.create("fitnet")
+    assert list(METHODS) == ["none", "kd", "dkd", "dist", "fitnet", "at"]
+    with pytest.raises(UserError, match="none, kd, dkd, dist, fitnet, at"):
+        make("crd")
 
 
-def test_constructors_accept_every_keyword():
-    kw = dict(label_smoothing=0.1, temperature=2.0, alpha=0.5, beta=4.0, kd_warmup_epochs=5.0)
-    methods = {name: METHODS.create(name, **kw) for name in METHODS.list()}
-    needs = {name: method.needs_teacher for name, method in methods.items()}
-    assert needs == {"dkd": True, "kd": True, "none": False}
+def test_a_method_refuses_options_it_does_not_take_and_fills_the_rest_with_its_defaults():
+    with pytest.raises(UserError, match=r"--beta does not apply to --method kd \(it takes --temperature, --alpha\)"):
+        make("kd", beta=4.0)
+    assert make("kd", temperature=2.0).option_values() == {"temperature": 2.0, "alpha": 0.9}
+    assert make("dkd").option_values() == {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "kd_warmup_epochs": 20.0}
+    needs = {name: (cls.needs_teacher, cls.needs_features) for name, cls in METHODS.items()}
+    assert needs == {"none": (False, False), "kd": (True, False), "dkd": (True, False), "dist": (True, False),
+                     "fitnet": (True, True), "at": (True, True)}
 
 
 def test_none_is_label_smoothed_ce_without_teacher():
     s, y = logits(), mixed_targets()
-    loss, parts = METHODS.create("none", label_smoothing=0.1)(s, None, y, 0.0)
+    loss, parts = call(make("none", label_smoothing=0.1), s, None, y, 0.0)
     torch.testing.assert_close(loss, soft_cross_entropy(s, y, 0.1))
     assert set(parts) == {"ce"}
 
 
 def test_parts_are_detached():
     s = logits().requires_grad_()
-    loss, parts = METHODS.create("dkd")(s, logits(), mixed_targets(), 1.0)
+    loss, parts = call(make("dkd"), s, logits(), mixed_targets(), 1.0)
     assert loss.requires_grad and not any(v.requires_grad for v in parts.values())
 
 
@@ -180,10 +192,10 @@ def test_parts_are_detached():
 )
 def test_bad_hyperparameters_raise_user_error(name, kw, word):
     with pytest.raises(UserError, match=word):
-        METHODS.create(name, **kw)
+        make(name, **kw)
 
 
-@pytest.mark.parametrize("name", ["none", "kd", "dkd"])
+@pytest.mark.parametrize("name", ["none", "kd", "dkd", "dist"])
 def test_bf16_autocast_computes_in_float32(name):
     s, t, y = logits(), logits(), mixed_targets()
     reference = total(name, s, t, y, progress=5.0)
@@ -193,12 +205,13 @@ def test_bf16_autocast_computes_in_float32(name):
     torch.testing.assert_close(loss, reference, rtol=2e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize(("name", "ce_weight", "kw"), [("kd", 1 - 0.9, {"alpha": 0.9}), ("dkd", 1.0, {})])
+@pytest.mark.parametrize(("name", "ce_weight", "kw"), [("kd", 1 - 0.9, {"alpha": 0.9}), ("dkd", 1.0, {}),
+                                                       ("dist", 1.0, {})])
 def test_the_students_ce_term_honours_the_configured_label_smoothing(name, ce_weight, kw):
     """The KD term is unchanged and the CE term is exactly F.cross_entropy with that smoothing."""
     s, t, labels = logits(), logits(), torch.randint(C, (B,))
     plain = total(name, s, t, one_hot(labels), **kw)
-    smoothed, parts = METHODS.create(name, label_smoothing=0.2, **kw)(s, t, one_hot(labels), 100.0)
+    smoothed, parts = call(make(name, label_smoothing=0.2, **kw), s, t, one_hot(labels))
     torch.testing.assert_close(parts["ce"], F.cross_entropy(s, labels, label_smoothing=0.2))
     expected = plain + ce_weight * (F.cross_entropy(s, labels, label_smoothing=0.2) - F.cross_entropy(s, labels))
     torch.testing.assert_close(smoothed, expected)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import students
+from distill import students
 from distill.errors import UserError
 from distill.modelinfo import count_params, describe, forward_gflops
 from distill.registry import Registry

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-import teachers
+from distill import teachers
 from distill.config import TeachConfig
 from distill.errors import UserError
 from distill.models import make_spec, new_parameter_names
