@@ -4,7 +4,9 @@
 
 - train: `distill.train.train_step` on a Loop built by `distill.build.make_loop` (method none, default
   augmentation, EMA), exactly what `distill teach` / `distill student --no-teacher` run per batch;
-- infer: `distill.train.predict` (eval mode, autocast) under `torch.inference_mode`;
+- infer: `distill.train.predict` (eval mode, autocast) under `torch.inference_mode`; with --runtime, also the
+  same model exported in-process by `distill.export` (onnxruntime, torchscript, pt2), read back and fed the same
+  uint8 batch: preprocessing, forward and softmax in both, fp32 on the CPU;
 - distill: the student's `train_step` with a randomly initialised teacher built like a loaded one
   (`model_from_checkpoint`), plus the teacher's forward pass alone ("teacher_forward");
 - reference_train (--reference): a DataLoader over PIL images with CPU transforms, fp32, plain SGD,
@@ -24,7 +26,7 @@ import gc
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -58,6 +60,7 @@ class BenchOptions:
     reference: bool = False
     num_workers: int = 0
     data: str | None = None
+    runtimes: list[str] = field(default_factory=lambda: ["torch"])  # of --mode infer: see check_runtimes
 
 
 def _at_least(name: str, value: int, low: int) -> int:
@@ -70,7 +73,7 @@ def resolve_options(archs: list[str] | None, modes: list[str] | None, batch_size
                     precision: str, channels_last: bool | None, compile: bool, teacher_arch: str,
                     warmup: int | None, steps: int | None, reference: bool = False,
                     num_workers: int | None = None, data: str | None = None,
-                    compile_mode: str = "default") -> BenchOptions:
+                    compile_mode: str = "default", runtimes: list[str] | None = None) -> BenchOptions:
     """Check every value before anything runs (a typo in the last --arch must not cost minutes),
     then fill the device-dependent defaults."""
     from distill.models import family_of
@@ -88,6 +91,7 @@ def resolve_options(archs: list[str] | None, modes: list[str] | None, batch_size
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     default_warmup, default_steps, default_batch = DEFAULTS[dev.type]
+    runtimes = check_runtimes(runtimes, modes, dev, precision)
     return BenchOptions(
         archs=archs, modes=modes, device=dev,
         batch_size=_at_least("batch-size", default_batch if batch_size is None else batch_size, 1),
@@ -96,7 +100,23 @@ def resolve_options(archs: list[str] | None, modes: list[str] | None, batch_size
         teacher_arch=teacher_arch, warmup=_at_least("warmup", default_warmup if warmup is None else warmup, 0),
         steps=_at_least("steps", default_steps if steps is None else steps, 1), reference=reference,
         num_workers=_at_least("num-workers", min(8, os.cpu_count() or 1) if num_workers is None else num_workers, 0),
-        data=data)
+        data=data, runtimes=runtimes)
+
+
+def check_runtimes(runtimes: list[str] | None, modes: list[str], device: torch.device, precision: str) -> list[str]:
+    """Exported models are timed on the CPU in fp32, beside eager torch in the same setting."""
+    from distill.cli_deploy import parse_runtimes, require_onnx
+
+    runtimes = parse_runtimes(runtimes)
+    exported = [r for r in runtimes if r != "torch"]
+    if exported and "infer" not in modes:
+        raise UserError(f"--runtime {exported[0]} times inference: add --mode infer")
+    if exported and (device.type != "cpu" or precision == "bf16"):
+        raise UserError(f"--runtime {exported[0]} times the exported fp32 model on the CPU: use --device cpu and "
+                        f"--precision fp32 (or --runtime torch alone)")
+    if "onnxruntime" in runtimes:
+        require_onnx("--runtime onnxruntime")
+    return runtimes
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -242,11 +262,36 @@ def bench_train(opts: BenchOptions, arch: str) -> list[dict]:
     return [result_row(opts, arch, "train", time_train_steps(opts, loop), loop.learners[0].model)]
 
 
+def time_exported(opts: BenchOptions, runtime: str, model: nn.Module, preprocess: nn.Module) -> tuple[float, float]:
+    """Median seconds of the model exported in-process (any batch, as a server would load it) and read back as
+    its runtime loads a file, fed the same uint8 batch as `time_forward`."""
+    from distill.cli_deploy import RUNTIMES
+    from distill.export import Deployed, export_bytes, load_runner
+    from distill.train import unwrap
+
+    fmt = RUNTIMES[runtime]
+    run = load_runner(fmt, export_bytes(fmt, Deployed(unwrap(model), preprocess), IMAGE_SIZE, dynamic=True))
+    x = synthetic_images(opts.batch_size)[0]
+    return median_step_seconds(lambda _: run(x), opts.device, opts.warmup, opts.steps)
+
+
 def bench_infer(opts: BenchOptions, arch: str) -> list[dict]:
     loop = bench_loop(opts, arch, distill=False)  # the same model, preprocessing and autocast as training
     learner = loop.learners[0]
-    timing = time_forward(opts, learner.model, learner.preprocess, loop.amp_dtype)
-    return [result_row(opts, arch, "infer", timing, learner.model)]
+    rows = []
+    for runtime in opts.runtimes:
+        if runtime == "torch":
+            timing = time_forward(opts, learner.model, learner.preprocess, loop.amp_dtype)
+            rows.append(result_row(opts, arch, "infer", timing, learner.model, runtime=runtime))
+        else:
+            timing = time_exported(opts, runtime, learner.model, learner.preprocess)
+            rows.append(result_row(opts, arch, "infer", timing, learner.model, runtime=runtime, channels_last=False,
+                                   compile=False, compile_mode=None))
+    eager = next((r for r in rows if r["runtime"] == "torch"), None)
+    for row in rows:  # measured in this process, one after the other: a ratio of like with like
+        if eager and row is not eager:
+            row["vs_torch"] = eager["step_ms"] / row["step_ms"]
+    return rows
 
 
 def bench_distill(opts: BenchOptions, arch: str, with_teacher_forward: bool) -> list[dict]:
@@ -380,7 +425,8 @@ def print_bench(report: dict) -> None:
         table.add_column(col, justify="left" if col in ("arch", "mode", "setup") else "right")
     for r in report["results"]:
         compiled = [f"compile ({r.get('compile_mode') or 'default'})"] if r["compile"] else []
-        setup = " ".join([r["precision"]] + ["channels_last"] * r["channels_last"] + compiled)
+        runtime = [r["runtime"]] if r.get("runtime", "torch") != "torch" else []
+        setup = " ".join([r["precision"]] + ["channels_last"] * r["channels_last"] + compiled + runtime)
         table.add_row(r["arch"], r["mode"], str(r["batch_size"]), setup, f"{r['images_per_second']:,.0f}",
                       f"{r['step_ms']:.2f}", f"{r['params'] / 1e6:.2f}")
     console = Console()
@@ -389,3 +435,6 @@ def print_bench(report: dict) -> None:
         if "ratio" in r:
             console.print(f"{r['arch']}: our training step is {r['ratio']:.2f}x the usual recipe "
                           f"(DataLoader, {r['num_workers']} workers, fp32)")
+        if "vs_torch" in r:
+            console.print(f"{r['arch']} infer, batch {r['batch_size']}: {r['runtime']} is {r['vs_torch']:.2f}x as fast "
+                          f"as eager torch")

@@ -191,4 +191,4 @@ def models_command(
 
 
 # Commands that live in their own modules register themselves on `app` when imported.
-from distill import cli_bench, cli_experiments  # noqa: E402,F401
+from distill import cli_bench, cli_deploy, cli_experiments  # noqa: E402,F401

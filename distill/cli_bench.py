@@ -38,12 +38,19 @@ def bench_command(
         None, help="DataLoader workers of --reference (default min(8, CPU count))."),
     data: Optional[str] = typer.Option(
         None, help="Real images for --reference (any --data of `distill teach`; default synthetic)."),
+    runtime: Optional[list[str]] = typer.Option(
+        None, "--runtime", metavar="RUNTIME", help="What --mode infer times: torch (eager, the default), onnxruntime, "
+        "torchscript or pt2 (the model exported in-process, as `distill export --dynamic-batch` writes it; CPU, "
+        "fp32); repeat or separate with commas, e.g. torch,onnxruntime,torchscript, for ratios from one run."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Images per second of our training step, inference and distillation (synthetic data on the device)."""
+    from distill.cli_deploy import parse_runtimes
+
+    runtimes = parse_runtimes(runtime)  # a typo answers before torch is imported
     from distill.bench import print_bench, resolve_options, run_bench
 
     opts = resolve_options(arch, mode, batch_size, device, precision, channels_last, compile_model, teacher_arch,
-                           warmup, steps, reference, num_workers, data, compile_mode)
+                           warmup, steps, reference, num_workers, data, compile_mode, runtimes)
     report = run_bench(opts)
     print(json.dumps(report)) if json_out else print_bench(report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,36 @@ def test_gpu_script_refuses_an_unknown_step(tmp_path):
                             env={"PATH": "/usr/bin:/bin", "STEPS": "bench warp", "OUT": str(tmp_path)})
     assert result.returncode == 2 and "unknown step 'warp'" in result.stderr and "matmul bench compile" in result.stderr
     assert not any(tmp_path.iterdir())  # refused before anything ran or was written
+
+
+def test_runtimes_are_timed_in_one_run_with_their_ratio_to_eager_torch(cli):
+    report = bench_json(cli, "--mode", "infer", "--runtime", "torch,onnxruntime", "--runtime", "torchscript,pt2")
+    rows = {r["runtime"]: r for r in report["results"]}
+    assert list(rows) == ["torch", "onnxruntime", "torchscript", "pt2"]
+    for name, row in rows.items():
+        assert row["mode"] == "infer" and row["batch_size"] == 4 and row["images_per_second"] > 0
+        assert row["precision"] == "fp32" and row["compile"] is False
+        if name != "torch":
+            assert row["vs_torch"] == pytest.approx(rows["torch"]["step_ms"] / row["step_ms"])
+    assert "vs_torch" not in rows["torch"]
+    table = cli("bench", *TINY, "--mode", "infer", "--runtime", "onnxruntime")
+    assert table.code == 0 and "onnxruntime" in table.out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--mode", "infer", "--runtime", "tensorrt"), "choose one of torch, onnxruntime, torchscript, pt2"),
+    (("--runtime", "onnxruntime"), "add --mode infer"),
+    (("--mode", "infer", "--runtime", "torchscript", "--precision", "bf16"), "--precision fp32"),
+])
+def test_bad_runtimes_exit_2_with_one_line(cli, args, needle):
+    result = cli("bench", "--device", "cpu", *args)
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1 and needle in result.err, result.err
+
+
+def test_onnxruntime_without_the_extra_names_it(cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # an import of it now raises ImportError
+    result = cli("bench", *TINY, "--mode", "infer", "--runtime", "onnxruntime")
+    assert result.code == 2 and result.err == (
+        'error: --runtime onnxruntime needs the export extra: pip install -e ".[export]" '
+        "(or pip install onnx onnxscript onnxruntime)\n")

@@ -1,0 +1,179 @@
+"""`distill predict`: classify image files, folders and archives with a checkpoint's own preprocessing.
+
+Each image goes through the decode of training data (distill.data.decode: any mode to RGB, 16-bit scaled by
+1/257, bicubic to the run's --image-size), then the checkpoint's Preprocess (resize to the model's input size
+when the run used --resize, normalization) and distill.train.predict, so a file is classified exactly as it
+would have been as a test image. Folders are scanned like data sets (recursively, hidden files skipped, symlink
+loops refused, sorted by path); .tar archives are unpacked with the data sets' checks, .zip ones by zipfile
+(which drops absolute paths and '..'), into a temporary folder removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from distill.augment import Preprocess
+from distill.checkpoint import load_checkpoint
+from distill.data.archive import extract_archive, is_archive
+from distill.data.dataset import one_line
+from distill.data.decode import decode_chunk
+from distill.data.files import require_regular
+from distill.data.folders import IMAGE_EXTS, _class_images
+from distill.errors import UserError
+from distill.evaluation import model_from_checkpoint
+
+MAX_UNZIPPED = 8 << 30  # bytes a .zip may declare: a zip bomb declares far more than its own size
+
+
+@dataclass
+class Loaded:
+    """A checkpoint ready for inference: its evaluated weights and the preprocessing it was trained with."""
+
+    ck: dict
+    model: nn.Module
+    preprocess: Preprocess
+    size: int  # side length images are decoded to: the run's --image-size (the model may resize it further)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.ck["classes"]
+
+
+def load_for_inference(path: Path, device: torch.device) -> Loaded:
+    ck = load_checkpoint(path)
+    model, preprocess = model_from_checkpoint(ck, path, device)
+    return Loaded(ck, model, preprocess, decode_size(ck, path))
+
+
+def decode_size(ck: dict, path: Path) -> int:
+    size = ck["config"].get("image_size", ck["spec"]["input_size"])
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise UserError(f"{path} has damaged metadata (image size {size!r} is not an integer of at least 8): "
+                        f"use an unedited checkpoint written by distill")
+    return size
+
+
+# ------------------------------------------------------------------------------------ finding images
+
+
+@dataclass
+class Item:
+    name: str  # as shown: the path as given, or ARCHIVE:MEMBER
+    path: str  # the file read: for an archive member, its unpacked copy
+
+
+def find_images(paths: list[Path], stack: contextlib.ExitStack) -> list[Item]:
+    items: list[Item] = []
+    for path in paths:
+        if path.is_dir():
+            items += folder_images(path)
+        elif is_archive(path) or path.name.lower().endswith(".zip"):
+            items += archive_images(path, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-"))))
+        else:
+            require_regular(path, path.stat())  # reading a FIFO would block forever
+            items.append(Item(str(path), str(path)))  # named explicitly: tried whatever its extension
+    if not items:
+        raise UserError(f"no images found in {', '.join(map(str, paths))} (looked for "
+                        f"{', '.join(sorted(IMAGE_EXTS))}): pass image files, folders or archives of them")
+    return items
+
+
+def folder_images(folder: Path, archive: Path | None = None) -> list[Item]:
+    # The data sets' scan of a class folder: the same files, order and refusals as training would have.
+    found = _class_images(str(folder), folder, set())
+    return [Item(f"{archive}:{f.rel}" if archive else f.path, f.path) for f in found]
+
+
+def archive_images(archive: Path, tmp: Path) -> list[Item]:
+    root = unzip(archive, tmp / "zip") if archive.name.lower().endswith(".zip") else extract_archive(archive, tmp)
+    return folder_images(root, archive)
+
+
+def unzip(archive: Path, dest: Path) -> Path:
+    """Unpack a .zip's image files; zipfile drops absolute paths and '..' and never creates links."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_EXTS]
+            if sum(m.file_size for m in members) > MAX_UNZIPPED:
+                raise UserError(f"archive {archive} unpacks to more than {MAX_UNZIPPED >> 30} GiB: refusing it "
+                                f"(a zip bomb?); unpack it yourself and pass the folder")
+            dest.mkdir()  # also for a zip without images: then "no images found", not an unlistable folder
+            zf.extractall(dest, members)  # a member larger than it declares fails its CRC check here
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError) as err:
+        raise UserError(f"cannot unpack archive {archive} ({one_line(err)}): check that it is complete") from None
+    return dest
+
+
+# ----------------------------------------------------------------------------------- classifying
+
+
+def decode(item: Item, size: int) -> torch.Tensor | None:
+    """uint8 (3, size, size) exactly as training decodes, or None after one line on stderr naming the file."""
+    try:
+        return torch.from_numpy(decode_chunk([item.path], size)[0])
+    except UserError as err:
+        # decode_chunk names the file it opened: for an archive member, a temporary copy the user never saw
+        print(f"error: {str(err).replace(item.path, item.name)}", file=sys.stderr, flush=True)
+        return None
+
+
+def classify(loaded: Loaded, x: torch.Tensor, top_k: int, tta: bool) -> list[list[dict]]:
+    from distill.train import predict
+
+    device = next(loaded.model.parameters()).device
+    amp = torch.bfloat16 if device.type == "cuda" else None  # as `distill evaluate` does
+    probs = predict(loaded.model, loaded.preprocess, x.to(device), len(x), tta, amp, False)
+    values, indices = probs.topk(top_k, dim=1)
+    return [[{"class": loaded.classes[i], "probability": p} for p, i in zip(ps, ids)]
+            for ps, ids in zip(values.tolist(), indices.tolist())]
+
+
+def predict_paths(checkpoint: Path, paths: list[Path], top_k: int, tta: bool, device: str, batch_size: int,
+                  emit: Callable[[dict], None] | None = None) -> list[dict]:
+    """{"file", "top"} per image in order ("top": None when it could not be read); `emit` sees each as it is done."""
+    from distill.build import resolve_device
+
+    loaded = load_for_inference(checkpoint, resolve_device(device))
+    if top_k > len(loaded.classes):
+        raise UserError(f"--top-k must be at most {len(loaded.classes)}, the number of classes of {checkpoint} "
+                        f"(got {top_k})")
+    rows: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        items = find_images(paths, stack)
+        for start in range(0, len(items), batch_size):
+            batch = [(item, decode(item, loaded.size)) for item in items[start:start + batch_size]]
+            good = [(item, x) for item, x in batch if x is not None]
+            tops = iter(classify(loaded, torch.stack([x for _, x in good]), top_k, tta) if good else [])
+            for item, x in batch:
+                rows.append({"file": item.name, "top": None if x is None else next(tops)})
+                if emit and x is not None:
+                    emit(rows[-1])
+    return rows
+
+
+def print_predictions(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from distill.compare import percent
+
+    done = [r for r in rows if r["top"] is not None]
+    if not done:
+        return
+    table = Table()
+    table.add_column("file", overflow="fold")
+    for rank in range(len(done[0]["top"])):
+        table.add_column(f"top {rank + 1}" if len(done[0]["top"]) > 1 else "class")
+    for row in done:
+        table.add_row(row["file"], *(f"{t['class']} {percent(t['probability'])}" for t in row["top"]))
+    Console(highlight=False, markup=False).print(table)  # class and file names are text, not rich markup

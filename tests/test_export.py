@@ -1,0 +1,158 @@
+"""`distill export`: every format round-trips with parity for a teacher and two students, dynamic batch takes
+1 and 7, the ONNX file needs only its sidecar, the README's onnxruntime example runs, and a failed parity check,
+a missing extra or a hostile checkpoint leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import tiny_teach_args, write_image_tree
+from distill.cli import main
+from distill.evaluation import model_from_checkpoint
+from distill.export import TOLERANCE, Deployed, sample_images
+from runhelpers import run_args, spawn
+from test_predict import hostile_checkpoints, imports_torch
+
+REPO = Path(__file__).resolve().parents[1]
+EXTRA_LINE = ('error: ONNX export needs the export extra: pip install -e ".[export]" '
+              '(or pip install onnx onnxscript onnxruntime)\n')
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """best.pt of a resnet18 teacher (ImageNet stem) and of resnet8 and resnet14 students, at 16x16."""
+    root = tmp_path_factory.mktemp("export")
+    data = write_image_tree(root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILL_CACHE", str(root / "cache"))
+        main([str(a) for a in tiny_teach_args(data, root / "teacher")])
+        for arch in ("resnet8", "resnet14"):
+            main(run_args("student", data, root / arch, 1, "--teacher", root / "teacher" / "best.pt", "--arch", arch))
+    return {name: root / name / "best.pt" for name in ("teacher", "resnet8", "resnet14")}
+
+
+def folder_state(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def load_exported(fmt: str, path: Path):
+    """The file as a user loads it: uint8 images -> probabilities."""
+    if fmt == "onnx":
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    module = torch.jit.load(path) if fmt == "torchscript" else torch.export.load(path).module()
+    return lambda x: module(x).detach()
+
+
+def checkpoint_model(path: Path) -> Deployed:
+    ck = torch.load(path, weights_only=True)
+    return Deployed(*model_from_checkpoint(ck, path, torch.device("cpu"))).eval()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated; the file must still load
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
+@pytest.mark.parametrize("name", ["teacher", "resnet8", "resnet14"])
+def test_every_format_round_trips_with_parity_and_any_batch(cli, runs, tmp_path, name, fmt):
+    out = tmp_path / f"model.{fmt}"
+    result = cli("export", runs[name], "--format", fmt, "--out", out, "--dynamic-batch")
+    assert result.code == 0, result.err
+    assert "top-1 agreement 100%" in result.out
+    meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    assert meta["parity"]["max_abs_diff"] <= TOLERANCE and meta["dynamic_batch"] and meta["format"] == fmt
+    assert meta["checkpoint_sha256"] == hashlib.sha256(runs[name].read_bytes()).hexdigest()
+    assert meta["classes"] == ["apple", "boat", "cloud"] and meta["input_size"] == 16
+    run, reference = load_exported(fmt, out), checkpoint_model(runs[name])
+    for n in (1, 7):
+        x = sample_images(n, 16, seed=n)
+        got, want = run(x), reference(x).detach()
+        assert got.shape == (n, 3) and got.dtype == torch.float32
+        assert (got - want).abs().max().item() <= TOLERANCE
+
+
+def test_default_out_is_beside_the_checkpoint_and_the_batch_is_1(cli, runs):
+    folder = runs["resnet8"].parent
+    result = cli("export", runs["resnet8"], "--format", "onnx")
+    assert result.code == 0, result.err
+    meta = json.loads((folder / "best.onnx.json").read_text())
+    assert meta["input"]["shape"] == [1, 3, 16, 16] and meta["output"]["shape"] == [1, 3] and meta["opset"] == 18
+    session = ort.InferenceSession(str(folder / "best.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 16, 16]
+    with pytest.raises(Exception, match="(?i)dimension"):
+        session.run(None, {"images": sample_images(7, 16).numpy()})
+    assert cli("export", runs["resnet8"], "--format", "pt2").code == 0
+    assert (folder / "best.pt2").is_file() and (folder / "best.pt2.json").is_file()
+
+
+def readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Deploy the student"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_onnxruntime_example_needs_only_the_file_and_its_sidecar(cli, runs, tmp_path, capsys):
+    """The README's code, run as written on a file whose checkpoint is gone: its answer is predict's."""
+    out = tmp_path / "student.onnx"
+    assert cli("export", runs["resnet14"], "--format", "onnx", "--out", out).code == 0
+    image = runs["resnet14"].parents[1] / "data" / "test" / "cloud" / "0002.png"
+    predicted = json.loads(cli("predict", runs["resnet14"], image, "--json", "--device", "cpu").out)["top"][0]
+    code = readme_example().replace("runs/resnet20/best.onnx", str(out)).replace("photo.jpg", str(image))
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.split()[0] == predicted["class"]
+
+
+def test_a_failed_parity_check_writes_nothing_and_exits_2(cli, runs, tmp_path, monkeypatch):
+    import distill.export as export
+
+    real = export.load_runner
+    monkeypatch.setattr(export, "load_runner", lambda fmt, data: (lambda x: real(fmt, data)(x) + 0.01))
+    before = folder_state(tmp_path)
+    result = cli("export", runs["resnet8"], "--format", "torchscript", "--out", tmp_path / "m.pt")
+    assert result.code == 2 and result.out == "" and result.err.count("\n") == 1, result.err
+    assert "does not match" in result.err and "1.00e-02" in result.err
+    assert folder_state(tmp_path) == before
+
+
+def test_onnx_without_the_extra_names_it(cli, runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # an import of it now raises ImportError
+    before = folder_state(tmp_path)
+    result = cli("export", runs["resnet8"], "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert result.code == 2 and result.err == EXTRA_LINE
+    assert folder_state(tmp_path) == before
+
+
+def test_hostile_or_foreign_checkpoints_are_refused_and_nothing_is_written(cli, runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path, needle in hostile_checkpoints(tmp_path / "bad", runs["resnet8"].parent):
+        before = folder_state(tmp_path / "bad")
+        result = cli("export", path, "--format", "torchscript")
+        assert result.code == 2 and result.out == "" and result.err.count("\n") == 1 and needle in result.err
+        assert folder_state(tmp_path / "bad") == before
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--format", "tflite"], "choose one of onnx, torchscript, pt2"),
+    (["--format", "onnx", "--opset", "12"], "--opset must be in [18, 23]"),
+    (["--format", "pt2", "--opset", "18"], "--opset applies to --format onnx only"),
+    (["--format", "onnx", "--out", "no/such/folder/m.onnx"], "no/such/folder"),
+])
+def test_bad_options_answer_before_torch_is_imported(runs, args, needle):
+    proc = spawn(["export", runs["resnet8"], *args], launcher=[sys.executable, "-X", "importtime"])
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert not imports_torch(err)
+
+
+def test_out_may_not_be_the_checkpoint(cli, runs):
+    result = cli("export", runs["resnet8"], "--format", "torchscript", "--out", runs["resnet8"])
+    assert result.code == 2 and "is the checkpoint itself" in result.err

@@ -1,0 +1,192 @@
+"""`distill predict`: the run's own test predictions, any image mode and size, archives, unreadable files
+(exit 1), bad input (exit 2, checked before torch where it can be), hostile checkpoints."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_image_tree
+from distill.cli import main
+from runhelpers import run_args, spawn
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A resnet8 baseline on conftest's tiny data (data/ beside the run folder), trained once for this module."""
+    root = tmp_path_factory.mktemp("predict")
+    data = write_image_tree(root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILL_CACHE", str(root / "cache"))
+        main(run_args("student", data, root / "run", 2, "--no-teacher"))
+    return root / "run"
+
+
+def data_of(run: Path) -> Path:
+    return run.parent / "data"
+
+
+def predict_json(cli, *args) -> tuple[int, list[dict], str]:
+    result = cli("predict", *args, "--json", "--device", "cpu")
+    return result.code, [json.loads(line) for line in result.out.splitlines()], result.err
+
+
+def test_predict_matches_the_runs_test_predictions(cli, run):
+    """The test folder, classified file by file, gives what the run itself predicted on its test split."""
+    code, rows, err = predict_json(cli, run / "best.pt", data_of(run) / "test", "--top-k", "3")
+    assert code == 0 and err == "", err
+    saved = torch.load(run / "predictions.pt", weights_only=True)
+    classes = saved["classes"]
+    assert [Path(r["file"]).parent.name for r in rows] == [classes[i] for i in saved["labels"]]  # same order
+    assert [r["top"][0]["class"] for r in rows] == [classes[i] for i in saved["top1"]]
+    probs = torch.tensor([[next(t["probability"] for t in r["top"] if t["class"] == c) for c in classes] for r in rows])
+    assert torch.allclose(probs, saved["probs"].float(), atol=2e-3)  # predictions.pt keeps float16
+
+
+def test_table_shows_files_classes_and_percentages(cli, run):
+    image = data_of(run) / "test" / "boat" / "0001.png"
+    result = cli("predict", run / "best.pt", image, "--top-k", "2", "--device", "cpu")
+    assert result.code == 0 and result.err == "", result.err
+    assert "top 1" in result.out and "top 2" in result.out and "%" in result.out
+    first_cells = [line.split("│")[1].strip() for line in result.out.splitlines() if line.startswith("│")]
+    assert "".join(first_cells) == str(image)  # a long path is folded over lines, never cut
+
+
+def write_modes(folder: Path) -> dict[str, Path]:
+    """One image per mode, at odd sizes; the 16-bit one is the 8-bit grayscale one widened (v * 257)."""
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (23, 40), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (50, 31, 3), dtype=np.uint8)
+    images = {"L": Image.fromarray(gray), "I;16": Image.fromarray(gray.astype(np.uint16) * 257),
+              "RGBA": Image.fromarray(rgb).convert("RGBA"), "P": Image.fromarray(rgb).convert("P"),
+              "RGB": Image.fromarray(rgb)}
+    paths = {}
+    for mode, im in images.items():
+        paths[mode] = folder / f"{mode.replace(';', '_')}.png"
+        im.save(paths[mode])
+    assert Image.open(paths["I;16"]).mode.startswith("I")  # really stored as 16 bits
+    return paths
+
+
+def test_any_mode_and_size_is_decoded_like_training_data(cli, run, tmp_path):
+    paths = write_modes(tmp_path / "modes")
+    code, rows, err = predict_json(cli, run / "best.pt", *paths.values())
+    assert code == 0 and err == "", err
+    by_mode = dict(zip(paths, rows))
+    assert by_mode["I;16"]["top"] == by_mode["L"]["top"]  # 16-bit scaled by 1/257, as training decodes it
+    assert by_mode["P"]["top"][0]["class"] in {"apple", "boat", "cloud"}
+
+
+def test_unreadable_files_are_named_and_the_rest_classified(cli, run, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = sorted((data_of(run) / "test" / "apple").glob("*.png"))[:3]
+    for path in good:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    code, rows, err = predict_json(cli, run / "best.pt", folder)
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), err
+    assert str(folder / "broken.png") in lines[0] and str(folder / "empty.jpg") in lines[1]
+    assert "2 of 5 files could not be read" in lines[2]
+    assert [Path(r["file"]).name for r in rows] == [p.name for p in good]
+
+
+def test_archives_give_the_same_predictions_as_the_folder(cli, run, tmp_path):
+    test_dir = data_of(run) / "test"
+    with tarfile.open(tmp_path / "test.tar.gz", "w:gz") as tar:
+        tar.add(test_dir, arcname="test")
+    with zipfile.ZipFile(tmp_path / "test.zip", "w") as zf:
+        for path in sorted(test_dir.rglob("*.png")):
+            zf.write(path, f"test/{path.relative_to(test_dir)}")
+        zf.writestr("../outside.png", (test_dir / "apple" / "0000.png").read_bytes())  # zipfile drops the '..'
+    _, from_folder, _ = predict_json(cli, run / "best.pt", test_dir)
+    for archive in ("test.tar.gz", "test.zip"):
+        code, rows, err = predict_json(cli, run / "best.pt", tmp_path / archive)
+        assert code == 0 and err == "", err
+        rows = [r for r in rows if r["file"] != f"{tmp_path / archive}:outside.png"]
+        assert [r["file"] for r in rows] == [f"{tmp_path / archive}:test/{Path(r['file']).relative_to(test_dir)}"
+                                             for r in from_folder]
+        assert [r["top"] for r in rows] == [r["top"] for r in from_folder]
+    assert not (tmp_path.parent / "outside.png").exists()
+
+
+def test_an_unsafe_tar_is_refused(cli, run, tmp_path):
+    data = (data_of(run) / "test" / "apple" / "0000.png").read_bytes()
+    with tarfile.open(tmp_path / "evil.tar", "w") as tar:
+        info = tarfile.TarInfo("../evil.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    result = cli("predict", run / "best.pt", tmp_path / "evil.tar", "--device", "cpu")
+    assert result.code == 2 and result.err.count("\n") == 1 and "unsafe entry" in result.err, result.err
+    assert not (tmp_path / "evil.png").exists()
+
+
+def imports_torch(importtime_stderr: str) -> bool:
+    """Whether `python -X importtime` lines ('import time: self | cumulative | <indent>name') name a torch module."""
+    lines = [line for line in importtime_stderr.splitlines() if line.startswith("import time:")]
+    names = [line.rsplit("|", 1)[1].strip() for line in lines]
+    return any(name.split(".")[0] == "torch" for name in names)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--top-k", "0"], "--top-k must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["no/such/image.png"], "no/such/image.png not found"),
+])
+def test_bad_options_answer_before_torch_is_imported(run, args, needle):
+    """A real process, as in tests/test_cli.py: no torch module may be imported before the error."""
+    args = ["predict", run / "best.pt", data_of(run) / "test", *args]
+    proc = spawn(args, launcher=[sys.executable, "-X", "importtime"])
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert not imports_torch(err)
+
+
+def test_top_k_above_the_class_count_and_no_images_exit_2(cli, run, tmp_path):
+    result = cli("predict", run / "best.pt", data_of(run) / "test", "--top-k", "4", "--device", "cpu")
+    assert result.code == 2 and "--top-k must be at most 3" in result.err and result.out == ""
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    result = cli("predict", run / "best.pt", tmp_path / "empty", "--device", "cpu")
+    assert result.code == 2 and result.err.startswith("error: no images found in") and result.err.count("\n") == 1
+
+
+class MakesFile:
+    """Unpickling this object would create pwned.txt: the proof that a load ran code."""
+
+    def __reduce__(self):
+        return (open, ("pwned.txt", "w"))
+
+
+def hostile_checkpoints(folder: Path, run: Path) -> list[tuple[Path, str]]:
+    """A pickle that would run code, a plain state_dict and random bytes, with a word of each refusal."""
+    folder.mkdir(exist_ok=True)
+    torch.save({"format": "distill-checkpoint", "model": MakesFile()}, folder / "code.pt")
+    ck = torch.load(run / "best.pt", weights_only=True)
+    torch.save(ck["model"], folder / "plain.pt")
+    (folder / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    return [(folder / "code.pt", "could run code"), (folder / "plain.pt", "not a distill checkpoint"),
+            (folder / "random.pt", "not a PyTorch checkpoint")]
+
+
+def test_hostile_or_foreign_checkpoints_are_refused_in_one_line(cli, run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path, needle in hostile_checkpoints(tmp_path / "bad", run):
+        result = cli("predict", path, data_of(run) / "test", "--device", "cpu")
+        assert result.code == 2 and result.out == "", result.err
+        assert result.err.count("\n") == 1 and needle in result.err, result.err
+    assert not (tmp_path / "pwned.txt").exists()
