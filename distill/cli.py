@@ -4,7 +4,6 @@ so every option has help text and the same name in TOML files and on the command
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import inspect
 import json
 import sys
@@ -20,42 +19,12 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions
 
 from distill import config as C  # torch-free, like everything imported here: see training_command
+from distill.cli_app import app, package_version  # noqa: F401  (package_version: tests, export's sidecar)
 from distill.errors import UserError
 
 # typer >= 0.20 raises its own Exit/Abort; older releases raise click's.
 EXIT_EXCEPTIONS = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 ABORT_EXCEPTIONS = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
-
-app = typer.Typer(
-    help="Knowledge distillation for PyTorch: train a strong CIFAR teacher, distill it into small students, "
-    "compare them.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},  # subcommands inherit it: `distill teach -h`
-)
-
-
-def package_version() -> str:
-    """The installed distribution's version; a source tree that was never installed has only __version__."""
-    try:
-        return importlib.metadata.version("distill")
-    except importlib.metadata.PackageNotFoundError:
-        from distill import __version__
-
-        return __version__
-
-
-def show_version(value: bool) -> None:
-    if value:
-        print(f"distill {package_version()}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
-    # No docstring: it would replace the app's help text.
-    pass
-
 
 def bool_flags(name: str) -> str:
     """--x/--no-x, except that a name already saying no pairs as --no-teacher/--with-teacher (not --no-no-...)."""
@@ -154,9 +123,9 @@ def evaluate_command(
     """Test accuracy and per-class accuracy of a checkpoint."""
     if limit_test is not None:
         C.AT_LEAST_1.check("limit_test", limit_test)
+    from distill.build import resolve_device
     from distill.evaluation import evaluate_checkpoint
     from distill.report import print_evaluation
-    from distill.build import resolve_device
 
     if data is None:  # the user did not choose the data: say which it is before decoding it
         data = trained_on(checkpoint)
@@ -190,5 +159,6 @@ def models_command(
     print(json.dumps(rows)) if json_out else print_models(rows, image_size)
 
 
-# Commands that live in their own modules register themselves on `app` when imported.
+# The command modules register on `app` (from distill.cli_app, so no import cycle) when imported; imported
+# last so that `distill --help` lists teach, student, evaluate and models first.
 from distill import cli_bench, cli_deploy, cli_experiments  # noqa: E402,F401

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from distill import config as C
-from distill.cli import app
+from distill.cli_app import app
 from distill.errors import UserError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}  # format -> default file suffix

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from distill.cli import app
+from distill.cli_app import app
 
 
 @app.command("compare")

@@ -131,7 +131,7 @@ def sha256(path: Path) -> str:
 
 
 def sidecar(loaded: Loaded, checkpoint: Path, fmt: str, out: Path, dynamic: bool, opset: int, check: dict) -> dict:
-    from distill.cli import package_version
+    from distill.cli_app import package_version
 
     ck, s = loaded.ck, loaded.size
     batch = "N" if dynamic else 1

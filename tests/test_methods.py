@@ -165,6 +165,8 @@ def test_a_fitnet_run_interrupted_and_resumed_equals_the_uninterrupted_one(cli, 
 def test_the_readmes_example_method_registers_and_computes_its_loss():
     """README, "Add a method": the example file, run as written, is a working method."""
     import re
+    import sys
+    import types
     from pathlib import Path
 
     from distill.methods import METHODS
@@ -172,8 +174,10 @@ def test_the_readmes_example_method_registers_and_computes_its_loss():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("### Add a method"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    module = types.ModuleType("distill.methods.cosine")  # a real module, as the file would be
+    sys.modules[module.__name__] = module
     try:
-        exec(compile(code, "README example", "exec"), {"__name__": "distill.methods.cosine"})
+        exec(compile(code, "README example", "exec"), module.__dict__)
         method = create("cosine", {"weight": 2.0})
         z = torch.randn(B, C)
         loss, parts = method(Outputs(z), Outputs(z.clone()), one_hot(torch.randint(C, (B,))).float(), 1.0)
@@ -181,3 +185,4 @@ def test_the_readmes_example_method_registers_and_computes_its_loss():
         assert method.option_values() == {"temperature": 4.0, "weight": 2.0}
     finally:
         METHODS.pop("cosine", None)
+        sys.modules.pop(module.__name__, None)
