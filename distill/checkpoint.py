@@ -8,44 +8,40 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import torch
 
+from distill import atomic
+from distill.atomic import TEMP_SUFFIX
 from distill.errors import UserError
 
 FORMAT = "distill-checkpoint"
 VERSION = 1
-TEMP_SUFFIX = ".tmp"  # write_atomic's temporary files: .<name>.<random>.tmp beside the target
+# Every run's per-image test results, beside metrics.json (distill.results writes, distill.compare reads).
+PREDICTIONS_FILE, PREDICTIONS_FORMAT, PREDICTIONS_VERSION = "predictions.pt", "distill-predictions", 1
 
 
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # some filesystems do not allow opening a folder; the rename is still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save `obj` to `path` atomically (see write_atomic)."""
+def torch_writer(obj: object) -> Callable[[BinaryIO], None]:
+    """torch.save into an open file, a failed write (a full disk) an OSError like any other: torch's zip
+    writer turns it into a RuntimeError."""
 
     def write(fh: BinaryIO) -> None:
         try:
             torch.save(obj, fh)
-        except RuntimeError:  # torch's zip writer turns a failed write (a full disk) into this
+        except RuntimeError:
             raise OSError(errno.EIO, "the write failed; is the disk full?") from None
 
-    write_atomic(path, write)
+    return write
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save `obj` to `path` atomically (see write_atomic)."""
+    write_atomic(path, torch_writer(obj))
 
 
 def write_text_atomic(text: str, path: Path) -> None:
@@ -54,29 +50,14 @@ def write_text_atomic(text: str, path: Path) -> None:
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object],
                  advice: str = "free disk space or choose another --out") -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it.
-
-    A crash at any moment leaves either the old complete file or the new one, never a torn file; a
-    failure (disk full, unwritable folder) is one UserError and leaves no temporary file behind.
-    """
+    """A run's file written atomically (distill.atomic); a failure is one line saying what to do."""
     path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary shareable file
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise UserError(f"could not write {path} ({exc.strerror or exc}): {advice}; the previous {path.name}, "
-                            f"if any, is untouched") from None
-        raise
-    fsync_dir(path.parent)
+
+    def failed(exc: OSError) -> UserError:
+        return UserError(f"could not write {path} ({exc.strerror or exc}): {advice}; the previous {path.name}, "
+                         f"if any, is untouched")
+
+    atomic.write_atomic(path, write, failed)
 
 
 def remove_stale_temps(folder: Path) -> None:

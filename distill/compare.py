@@ -15,7 +15,6 @@ import math
 import os
 import re
 import sys
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,13 @@ from rich.table import Table
 
 from distill import stats
 from distill.chart import Point, Series, accuracy_per_run, accuracy_vs_params, per_class
-from distill.checkpoint import write_atomic
+from distill.checkpoint import (PREDICTIONS_FILE, PREDICTIONS_FORMAT, PREDICTIONS_VERSION, read_torch_file,
+                                write_atomic)
 from distill.errors import UserError
 
 FIELDS = ("role", "arch", "method", "params", "gflops", "test_accuracy", "best_val_accuracy", "epochs",
           "wall_seconds", "train_images_per_second")
 ROLE_RANK = {"teacher": 0, "baseline": 1, "student": 2}  # a baseline sits right above its students
-PREDICTIONS_FILE = "predictions.pt"
-PREDICTIONS_FORMAT, PREDICTIONS_VERSION = "distill-predictions", 1
 CHART_FILE = "compare.png"
 EVENTS_SUFFIX = ".distill-compare"  # marks compare's own event files: the only ones it ever deletes
 CHART_TAG = "compare/accuracy_vs_params"
@@ -152,11 +150,9 @@ class Predictions:
         path = run.folder / PREDICTIONS_FILE
         if not path.is_file():
             return None  # an older run: no paired statistics, and nothing to report
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a torn zip or random bytes fail in many ways (even KeyError); all mean one thing
+        try:  # the one reader of torch files: weights_only, and every failure one line
+            data = read_torch_file(path)
+        except UserError:
             data, problem = None, "is unreadable"
         else:
             problem = predictions_problem(data)
@@ -205,11 +201,9 @@ def add_gain(run: Run, store: Predictions) -> None:
     pair = store.pair(run, base, "no interval or p for its gain")
     if pair is None:
         return
-    mine, theirs = ((p["top1"] == p["labels"]) for p in pair)
-    gain = stats.paired_gain(mine, theirs)
+    gain, row["mcnemar_p"] = stats.paired_comparison(*((p["top1"] == p["labels"]) for p in pair))
     if gain.low is not None:
         row["gain_interval"] = [round(gain.low, 4), round(gain.high, 4)]
-    row["mcnemar_p"] = stats.mcnemar_exact(*stats.discordant(mine, theirs))
 
 
 def add_fidelity(run: Run, store: Predictions) -> None:

@@ -12,17 +12,16 @@ import time
 import torch
 
 from distill import checkpoint as ckpt_io
+from distill.checkpoint import PREDICTIONS_FILE, PREDICTIONS_FORMAT, PREDICTIONS_VERSION
 from distill import config as C
 from distill.build import device_name
 from distill.confusion import confusion_counts, confusion_png
 from distill.models import build_model
 from distill.runlog import HPARAM_COLUMNS
 from distill.runstate import Group, Run, steady_throughput
-from distill.stats import agreement, discordant, mcnemar_exact, mean_kl, paired_gain
+from distill.stats import agreement, mean_kl, paired_comparison
 from distill.train import evaluate, unwrap
 
-PREDICTIONS_FILE = "predictions.pt"
-PREDICTIONS_FORMAT = "distill-predictions"
 
 
 def eval_kwargs(group: Group, cfg: C.TrainConfig) -> dict:
@@ -90,17 +89,17 @@ def add_gains(group: Group, metrics: list[dict], probs: list[torch.Tensor]) -> N
         i = baselines.get(m["arch"])
         if m["role"] != "student" or i is None or p is None:
             continue
-        correct, base = p.argmax(1) == labels, probs[i].argmax(1) == labels
-        gain = paired_gain(correct, base)
+        gain, p_value = paired_comparison(p.argmax(1) == labels, probs[i].argmax(1) == labels)
         m.update(baseline=group.runs[i].out.name, gain_over_baseline=gain.points, gain_interval=[gain.low, gain.high],
-                 mcnemar_p=mcnemar_exact(*discordant(correct, base)))
+                 mcnemar_p=p_value)
 
 
 def write_predictions(group: Group, run: Run, probs: torch.Tensor) -> None:
     """Per test image: label, top-1 and probabilities (float16: 2 bytes a class is plenty for agreement
     and KL), written atomically like every file of a run."""
     probs = probs.float().cpu()
-    ckpt_io.save_atomic({"format": PREDICTIONS_FORMAT, "version": 1, "classes": group.splits.classes,
+    ckpt_io.save_atomic({"format": PREDICTIONS_FORMAT, "version": PREDICTIONS_VERSION,
+                         "classes": group.splits.classes,
                          "labels": group.splits.test_y.cpu().long(), "top1": probs.argmax(1),
                          "probs": probs.half(), "tta": run.cfg.tta}, run.out / PREDICTIONS_FILE)
 

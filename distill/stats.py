@@ -77,6 +77,16 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * math.exp(log_tail))
 
 
+class Paired(NamedTuple):
+    gain: Gain  # points, with its 95% interval
+    mcnemar_p: float
+
+
+def paired_comparison(correct_a, correct_b) -> Paired:
+    """Model a against model b on the same images: the paired gain and McNemar's exact p."""
+    return Paired(paired_gain(correct_a, correct_b), mcnemar_exact(*discordant(correct_a, correct_b)))
+
+
 def agreement(top1_a, top1_b) -> float:
     """Fraction of images on which the two models predict the same class."""
     a, b = cpu(top1_a).flatten(), cpu(top1_b).flatten()

@@ -341,12 +341,12 @@ def test_errors_are_one_line_and_exit_2(tmp_path, cli, make, message):
 
 
 def test_a_read_only_folder_is_still_compared_and_the_note_says_why_no_charts(scored, cli, monkeypatch):
-    import distill.checkpoint as ckpt_io
+    import distill.atomic as atomic
 
     def read_only(*args, **kwargs):  # as root, chmod would not stop the write: simulate the refusal
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(ckpt_io.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(atomic, "open", read_only, raising=False)  # the temporary cannot be created
     result = cli("compare", scored)
     assert result.code == 0, result.err
     flat_out = " ".join(result.out.split())

@@ -237,7 +237,7 @@ def test_unwritable_output_folder(cli, tiny_data, tmp_path):
 
 
 def test_os_replace_failing_keeps_the_previous_file(tmp_path, monkeypatch):
-    from distill import checkpoint
+    from distill import atomic, checkpoint
 
     target = tmp_path / "last.pt"
     checkpoint.save_atomic({"v": 1}, target)
@@ -245,7 +245,7 @@ def test_os_replace_failing_keeps_the_previous_file(tmp_path, monkeypatch):
     def no_space(*_):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.os, "replace", no_space)
+    monkeypatch.setattr(atomic.os, "replace", no_space)
     with pytest.raises(checkpoint.UserError, match="No space left on device"):
         checkpoint.save_atomic({"v": 2}, target)
     assert torch.load(target, weights_only=True) == {"v": 1} and temp_files(tmp_path) == []

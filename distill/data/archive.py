@@ -17,12 +17,12 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from distill.atomic import FILE_MODE
 from distill.errors import UserError
 
 from .dataset import one_line
 from .files import (
     DIR_MODE,
-    FILE_MODE,
     WRITE_ERRNOS,
     ensure_dir,
     remove,

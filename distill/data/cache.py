@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from distill.checkpoint import torch_writer
+
 from .dataset import FORMAT_VERSION, Dataset, one_line
 from .files import atomic_write
 
@@ -86,4 +88,4 @@ def write_cache(path: Path, ds: Dataset, n_files: int) -> None:
     payload: dict[str, Any] = {k: getattr(ds, k).contiguous() for k in _TENSORS}
     payload.update(classes=list(ds.classes), source=ds.source)
     payload.update(counts=_counts(payload, n_files), sha256=_digest(payload))
-    atomic_write(path, lambda f: torch.save(payload, f), "saving the decoded images")
+    atomic_write(path, torch_writer(payload), "saving the decoded images")

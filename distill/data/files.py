@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from distill.atomic import write_atomic
 from distill.errors import UserError
 
 from .dataset import one_line
 
-FILE_MODE, DIR_MODE = 0o644, 0o755  # a cache shared between users must be readable by all of them
+DIR_MODE = 0o755  # a cache shared between users must be readable by all of them (files: distill.atomic)
 # A temporary whose owner cannot be checked (another machine sharing the cache, or a name from an
 # older distill) is only removed after this long: no unpack or decode takes a day.
 STALE_AGE_S = 24 * 3600
@@ -102,21 +103,9 @@ def clean_stale(folder: Path) -> None:
 
 
 def atomic_write(final: Path, write: Callable[[BinaryIO], None], what: str) -> None:
-    """Write through a temporary file in the same folder (fsync, then os.replace), so readers
-    see the old file or the whole new one; any failure leaves nothing half-written behind."""
+    """distill.atomic's write, with a temporary named for clean_stale and the cache's one-line errors."""
     folder = ensure_dir(final.parent, what)
-    tmp = temp_path(final)
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp-style 0600 would hide a shared cache
-        os.replace(tmp, final)
-    except OSError as err:
-        raise write_error(folder, err, what) from None
-    finally:
-        remove(tmp)
+    write_atomic(final, write, lambda err: write_error(folder, err, what), temp=temp_path(final))
 
 
 def special_kind(mode: int) -> str | None:
