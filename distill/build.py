@@ -46,6 +46,7 @@ GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "val_size", "limi
 # saved per batch of 512) after ~50 s of cold compile: repaid after ~4,700 steps cold, far sooner with the
 # persistent cache a second run reads. Students' compile gain is not measured yet (BENCHMARKS.md).
 AUTO_COMPILE_MIN_STEPS = 2500
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -375,6 +376,8 @@ def compile_models(loop: Loop, cfgs: list[C.TrainConfig]) -> None:
         # The teacher always sees full training batches (every step has batch_size images): one shape,
         # so one compile, and under reduce-overhead one CUDA graph replayed every step.
         loop.teacher.model = torch.compile(loop.teacher.model, mode=mode)
+    # These modes replay CUDA graphs, whose outputs the next compiled call overwrites (train.forward).
+    loop.cuda_graphs = (any(wanted) or compile_teacher) and mode in CUDA_GRAPH_MODES
 
 
 def device_name(device: torch.device) -> str:

@@ -108,6 +108,7 @@ class Loop:
     teacher: TeacherModel | None = None
     rank: int = 0
     world_size: int = 1
+    cuda_graphs: bool = False  # some model is compiled to replay CUDA graphs (compile_models sets it)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -154,13 +155,29 @@ def model_input(x: Tensor, preprocess: Preprocess, channels_last: bool) -> Tenso
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def forward(loop: Loop, model: nn.Module, x: Tensor):
+    """One forward of a possibly compiled model. Under CUDA graphs (torch.compile's reduce-overhead) the next
+    compiled call of any model may reuse this call's output memory: each call starts a new graph step, so
+    what a caller reads after the next compiled call must be materialized first (`materialized`)."""
+    if loop.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
+    return as_outputs(model(x))
+
+
+def materialized(out: Outputs) -> Outputs:
+    """Outputs copied out of a compiled call's buffers, safe to read after other compiled calls."""
+    return Outputs(out.logits.clone(), None if out.features is None else [f.clone() for f in out.features])
+
+
 def teacher_outputs(loop: Loop, x: Tensor) -> Outputs | None:
     """The teacher on exactly the learners' augmented batch, once for all of them (its features too when a
-    learner's method uses them: then its model is wrapped in WithFeatures)."""
+    learner's method uses them: then its model is wrapped in WithFeatures). Materialized: every learner's
+    compiled forward runs before the last learner reads them."""
     if loop.teacher is None or not loop.needs_teacher:
         return None
     with torch.no_grad(), autocast(loop.device, loop.amp_dtype):
-        return as_outputs(loop.teacher.model(model_input(x, loop.teacher.preprocess, loop.channels_last)))
+        return materialized(forward(loop, loop.teacher.model, model_input(x, loop.teacher.preprocess,
+                                                                           loop.channels_last)))
 
 
 def as_outputs(result) -> Outputs:
@@ -172,8 +189,9 @@ def learner_step(loop: Loop, learner: Learner, x: Tensor, targets: Tensor, teach
                  progress: float) -> tuple[Tensor, Tensor]:
     """One optimizer step of one learner; returns its detached loss and its count of correct top-1."""
     with autocast(loop.device, loop.amp_dtype):
-        out = as_outputs(learner.model(model_input(x, learner.preprocess, loop.channels_last)))
-    loss, _ = learner.method(out, teacher, targets, progress)
+        out = forward(loop, learner.model, model_input(x, learner.preprocess, loop.channels_last))
+    loss, _ = learner.method(out, teacher, targets, progress)  # read before any other compiled call
+    correct = (out.logits.detach().argmax(1) == targets.argmax(1)).sum()
     learner.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if learner.grad_clip > 0:
@@ -182,7 +200,6 @@ def learner_step(loop: Loop, learner: Learner, x: Tensor, targets: Tensor, teach
     learner.scheduler.step()
     if learner.ema is not None:
         learner.ema.update(unwrap(learner.model))
-    correct = (out.logits.detach().argmax(1) == targets.argmax(1)).sum()
     return loss.detach(), correct
 
 

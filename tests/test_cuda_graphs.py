@@ -1,0 +1,100 @@
+"""Training, evaluation and `distill bench --mode distill` read no output of a compiled call after another
+compiled call (CUDA-graph trees overwrite them), checked on the CPU with a stand-in for torch.compile's
+reduce-overhead mode (tests/cuda_graph_standin.py): every result equals the uncompiled one exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cuda_graph_standin import STALE, CudaGraphStandIn, GraphPool, standin_compile
+from distill import bench
+from distill import config as C
+from distill.checkpoint import load_checkpoint
+from distill.run import train_group, train_run
+from distill.train import evaluate, train_step, unwrap
+from runhelpers import assert_same
+
+RECIPE = dict(image_size=16, val_size=6, batch_size=8, lr=0.05, device="cpu", quiet=True, deterministic=True,
+              epochs=1, augment="default,mixup=0.2", ema_horizon=0.2, compile_mode="reduce-overhead")
+NOT_STATE = ("config", "wall_seconds", "train_seconds", "first_epoch_seconds")
+
+
+def test_the_standin_raises_on_a_stale_output_and_its_views():
+    pool = GraphPool()
+    a, b = CudaGraphStandIn(nn.Linear(4, 3), pool), CudaGraphStandIn(nn.Linear(4, 3), pool)
+    x = torch.randn(2, 4)
+    out = a(x)
+    view = out.detach()
+    out.sum().backward()  # fresh outputs are ordinary tensors, gradients flow through them
+    assert a.module.weight.grad is not None
+    kept = b(x).clone()  # the next call: a's outputs are overwritten
+    for stale in (out, view):
+        with pytest.raises(RuntimeError, match=STALE):
+            stale.argmax(1)
+    assert torch.equal(kept, unwrap(b)(x))  # what was materialized in time is still readable
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from conftest import write_image_tree
+
+    root = tmp_path_factory.mktemp("graphs")
+    data = write_image_tree(root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILL_CACHE", str(root / "cache"))
+        train_run(C.resolve(C.TeachConfig, {}, {**RECIPE, "data": str(data), "arch": "resnet8",
+                                                "out": str(root / "teacher")}))
+    return data, root / "teacher" / "best.pt"
+
+
+def group(teacher, folder, compile: bool) -> list[C.StudentConfig]:
+    """KD, a feature method (FitNets: the teacher's stage outputs are read) and a baseline, trained together."""
+    data, best = teacher
+    common = {**RECIPE, "data": str(data), "compile": compile, "teacher": str(best), "any_teacher": True}
+    return [C.resolve(C.StudentConfig, {}, {**common, "arch": "resnet8", "out": str(folder / "kd")}),
+            C.resolve(C.StudentConfig, {}, {**common, "arch": "resnet14", "method": "fitnet", "out": str(folder / "fit")}),
+            C.resolve(C.StudentConfig, {}, {**{k: v for k, v in common.items() if k != "teacher"},
+                                            "arch": "resnet8", "no_teacher": True, "out": str(folder / "base")})]
+
+
+def test_a_group_under_cuda_graph_semantics_ends_exactly_as_uncompiled(teacher, tmp_path, monkeypatch):
+    plain = train_group(group(teacher, tmp_path / "plain", compile=False))
+    pool = GraphPool()
+    monkeypatch.setattr(torch, "compile", standin_compile(pool))
+    graphed = train_group(group(teacher, tmp_path / "graphed", compile=True))
+    assert pool.calls >= 5 * 4  # the teacher and three learners per step, every step
+    for name in ("kd", "fit", "base"):
+        a, b = (load_checkpoint(tmp_path / run / name / "last.pt") for run in ("plain", "graphed"))
+        assert_same({k: v for k, v in a.items() if k not in NOT_STATE},
+                    {k: v for k, v in b.items() if k not in NOT_STATE}, name)
+    assert [m["test_accuracy"] for m in plain] == [m["test_accuracy"] for m in graphed]
+
+
+def test_evaluation_with_flip_tta_reads_each_output_before_the_next_call():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+    x, y = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8), torch.randint(0, 5, (10,))
+    model(torch.zeros(1, 3, 8, 8))
+    kwargs = dict(num_classes=5, batch_size=4, tta=True)
+    plain = evaluate(model, nn.Identity(), x, y, **kwargs)
+    graphed = evaluate(CudaGraphStandIn(model, GraphPool()), nn.Identity(), x, y, **kwargs)
+    assert torch.equal(plain["probs"], graphed["probs"]) and plain["per_class"] == graphed["per_class"]
+
+
+def test_bench_distill_step_under_cuda_graph_semantics(monkeypatch):
+    def loop_and_step(compile: bool):
+        opts = bench.resolve_options(["resnet8"], ["distill"], 4, "cpu", "fp32", False, compile, "resnet8", 0, 1,
+                                     compile_mode="reduce-overhead")
+        loop = bench.bench_loop(opts, "resnet8", distill=True)
+        torch.manual_seed(3)
+        [(loss, _)] = train_step(loop, loop.train_x[:4], loop.train_y[:4], progress=0.0)
+        return loop, loss.item(), next(unwrap(loop.learners[0].model).parameters()).detach().clone()
+
+    _, loss, weights = loop_and_step(False)
+    pool = GraphPool()
+    monkeypatch.setattr(torch, "compile", standin_compile(pool))
+    loop, graphed_loss, graphed_weights = loop_and_step(True)
+    assert loop.cuda_graphs and pool.calls == 2  # the teacher, then the student
+    assert graphed_loss == loss and torch.equal(graphed_weights, weights)
