@@ -34,9 +34,13 @@ def pipeline_command(
     out: Optional[str] = typer.Option(None, help="Folder for the stage runs (default runs/<config file stem>)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N for every stage (overrides the file)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-epoch output; stage lines and the table only."),
+    assignments: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="An option for every stage, over "
+                                          "the file (repeatable; TOML values): --set compile=false --set epochs=2."),
 ) -> None:
     """Teacher, students, baselines and the comparison in one resumable command: rerun it to continue."""
+    from distill.config import parse_assignments
     from distill.pipeline import load_pipeline, run_pipeline
 
     given = {"data": data, "device": device, "quiet": quiet or None}
-    run_pipeline(load_pipeline(config, {k: v for k, v in given.items() if v is not None}, out))
+    sets = parse_assignments(assignments, "--set")
+    run_pipeline(load_pipeline(config, {k: v for k, v in given.items() if v is not None}, out, sets))

@@ -199,6 +199,20 @@ def read_toml(path: str | Path) -> dict:
         raise UserError(f"config file {path} is not valid TOML ({exc}): fix the syntax") from None
 
 
+def parse_assignments(items: list[str], flag: str) -> dict:
+    """`KEY=VALUE` items (VALUE in TOML syntax: 3, 0.5, false, "text"; anything else is taken as text)."""
+    values = {}
+    for item in items:
+        key, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise UserError(f"{flag} '{item}' is not KEY=VALUE: write e.g. {flag} epochs=5 or {flag} compile=false")
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
+
+
 def values_from_mapping(cls, mapping: dict, source: str) -> dict:
     """Validate keys (dashes or underscores) and types of a config table for dataclass `cls`."""
     names = {f.name for f in dataclasses.fields(cls)} - {"config"}

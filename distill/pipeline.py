@@ -172,12 +172,14 @@ def check_unique(stages: list[Stage], out: Path, source: str) -> None:
                             f"its own arch or method (baselines are added for you)")
 
 
-def load_pipeline(path: Path, overrides: dict, out: str | None = None) -> Pipeline:
-    """Read and validate the whole plan. `overrides` (data, device, quiet from the command line) beat the file."""
+def load_pipeline(path: Path, overrides: dict, out: str | None = None, sets: dict | None = None) -> Pipeline:
+    """Read and validate the whole plan. `overrides` (data, device, quiet from the command line) and `sets`
+    (--set KEY=VALUE: any option every stage takes) beat the file."""
     source = str(path)
     raw = C.read_toml(path)
     check_top(raw, source)
     common = common_values(raw.get("common", {}), f"{source} [common]")
+    overrides = common_values(sets or {}, "--set") | overrides
     out_dir = Path(out) if out else Path("runs") / path.stem
     teacher = make_stage(C.TeachConfig, common | teacher_table(raw, source) | overrides, f"{source} [teacher]")
     stages = [teacher] + student_stages(raw, common, teacher, out_dir, overrides, source)

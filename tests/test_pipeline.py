@@ -175,6 +175,20 @@ def test_plan_names_stages_and_command_line_beats_the_file(tmp_path):
     assert baseline["no_teacher"] and "teacher" not in baseline and "method" not in baseline
 
 
+def test_set_gives_every_stage_an_option_over_the_file(tmp_path, cli):
+    from distill.config import parse_assignments
+
+    sets = parse_assignments(["compile=false", "epochs = 2", "augment=default,mixup=0.2"], "--set")
+    pipe = load_pipeline(write(tmp_path / "p.toml", "[common]\nepochs = 3\n" + GOOD), {}, str(tmp_path / "o"), sets)
+    assert all(s.values["compile"] is False and s.values["epochs"] == 2 and s.values["augment"] == "default,mixup=0.2"
+               for s in pipe.stages)
+    config = write(tmp_path / "q.toml", GOOD)
+    assert_one_line_error(cli("pipeline", "--config", config, "--set", "epochs"), "--set 'epochs' is not KEY=VALUE")
+    assert_one_line_error(cli("pipeline", "--config", config, "--set", "epochs=x"), "--set: 'epochs' must be int")
+    assert_one_line_error(cli("pipeline", "--config", config, "--set", "method=dkd"),
+                          "--set: 'method' is not an option of every stage")
+
+
 def test_a_finished_stage_is_skipped_but_changed_settings_are_named(tmp_path, capsys):
     pipe = load_pipeline(write(tmp_path / "p.toml", "[common]\nepochs = 3\n" + GOOD), {}, str(tmp_path / "out"))
     teacher = pipe.out / pipe.stages[0].name
