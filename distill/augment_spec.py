@@ -126,3 +126,41 @@ def parse_augment(spec: str) -> AugmentConfig:
         return dataclasses.replace(base, **overrides)  # __post_init__ checks the ranges
     except UserError as err:
         raise UserError(f"{err}; valid keys: {_valid_keys()}") from None
+
+
+# ---------------------------------------------------------------------------------------- per-run mixing
+
+
+MIX_KEYS = ("mixup", "cutmix", "mix_prob")  # the keys a run's own --mix may set
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """MixUp/CutMix one run draws on top of its group's shared batch (`--mix`): a KD student and its
+    teacher then see the same mixed image ("function matching", Beyer et al. 2022) while a baseline of the
+    same group keeps the unmixed batch."""
+
+    mixup: float
+    cutmix: float
+    mix_prob: float
+
+
+def parse_mix(spec: str) -> Mixing | None:
+    """'none' (no mixing of its own), or overrides of the mixing keys: 'mixup=0.2,cutmix=1.0,mix_prob=0.5'."""
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    if not items or items == ["none"]:
+        return None
+    values = {}
+    for item in items:
+        key, _, raw = (part.strip() for part in item.partition("="))
+        try:
+            values[key] = float(raw) if key in MIX_KEYS else None
+        except ValueError:
+            values[key] = None
+        if values[key] is None:
+            raise UserError(f"bad --mix item '{item}': --mix takes 'none' or numbers for {', '.join(MIX_KEYS)}, "
+                            f"e.g. --mix mixup=0.2,cutmix=1.0,mix_prob=0.5")
+    cfg = dataclasses.replace(AugmentConfig.none(), **values)  # the ranges of --augment's same keys
+    if cfg.mixup == 0 and cfg.cutmix == 0:
+        raise UserError(f"--mix '{spec}' mixes nothing: give mixup or cutmix a concentration, or use --mix none")
+    return Mixing(cfg.mixup, cfg.cutmix, cfg.mix_prob)

@@ -19,6 +19,7 @@ from distill import checkpoint as ckpt_io
 from distill import config as C
 from distill import distributed as dist_util
 from distill.augment import GpuAugment, Preprocess, parse_augment, to_float
+from distill.augment_spec import parse_mix
 from distill.data import Splits, channel_stats, default_cache_dir, load_dataset, make_splits
 from distill.errors import UserError
 from distill.evaluation import model_from_checkpoint
@@ -32,7 +33,7 @@ from distill.train import Learner, Loop, ModelEMA, TeacherModel, ema_decay, mode
 
 # Settings a resumed run must share with the run it continues (anything else may change).
 MUST_MATCH = ("arch", "data", "image_size", "resize", "batch_size", "val_size", "limit_train", "seed",
-              "stem", "method", "no_teacher", "teacher")
+              "stem", "method", "no_teacher", "teacher", "mix")
 
 
 # Settings every run of a group must share: they fix the batches, the augmentation draws and the step count.
@@ -188,7 +189,7 @@ def make_learner(cfg: C.TrainConfig, name: str, spec: dict, stats: tuple, device
     decay = ema_decay(cfg.ema_horizon, cfg.epochs * steps_per_epoch)
     return Learner(name=name, model=WithFeatures(model) if method.needs_features else model, preprocess=preprocess,
                    optimizer=optimizer, scheduler=scheduler, method=method, grad_clip=cfg.grad_clip,
-                   ema=ModelEMA(model, decay) if decay > 0 else None)
+                   ema=ModelEMA(model, decay) if decay > 0 else None, mix=parse_mix(getattr(cfg, "mix", "none")))
 
 
 @dataclass
@@ -309,7 +310,8 @@ def make_loop(cfgs: list[C.TrainConfig], names: list[str], splits: Splits, devic
         teacher = TeacherModel(WithFeatures(teacher.model), teacher.preprocess)  # its features, once a step
     return Loop(learners=learners, augment=GpuAugment(parse_augment(lead.augment), len(splits.classes)),
                 train_x=splits.train_x.to(device), train_y=splits.train_y.to(device), batch_size=lead.batch_size,
-                seed=lead.seed, device=device, amp_dtype=amp_dtype(lead, device), channels_last=channels_last,
+                seed=lead.seed, epochs=lead.epochs, device=device, amp_dtype=amp_dtype(lead, device),
+                channels_last=channels_last,
                 teacher=teacher, rank=rank, world_size=world)
 
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.augment_spec import parse_augment
+from distill.augment_spec import parse_augment, parse_mix
 from distill.errors import UserError
 from distill.methods import METHODS, all_option_names, method_names, option_type, resolve_options
 from distill.names import ARCHS, STEMS
@@ -94,6 +94,7 @@ class _StudentOptions(TrainConfig):
     method: str = opt("kd", "Distillation method: " + "; ".join(f"{n}: {c.summary}" for n, c in METHODS.items()) + ".",
                       method_names())
     compile_teacher: bool | None = opt(None, "torch.compile the teacher's forward pass (one batch shape: under reduce-overhead one CUDA graph). Unset: as the student is compiled.")
+    mix: str = opt("none", "MixUp/CutMix of this run's own on top of --augment, e.g. 'mixup=0.2,cutmix=1.0,mix_prob=0.5': the student and the teacher see the same mixed image (function matching, Beyer et al. 2022), while a baseline trained in the same group keeps the unmixed batch.")
     any_teacher: bool = opt(False, "Allow a student or baseline checkpoint as --teacher (any trained model can teach).")
 
     @property
@@ -117,6 +118,11 @@ class _StudentOptions(TrainConfig):
         # The options the method takes, each in the method's own range; the others refused. Checked against
         # --method even for the baseline (--no-teacher), which then ignores them.
         resolve_options(self.method, self.method_options())
+        if parse_mix(self.mix) is not None:
+            shared = parse_augment(self.augment)
+            if shared.mixup > 0 or shared.cutmix > 0:
+                raise UserError(f"--mix {self.mix} would mix images that --augment {self.augment} already mixed: "
+                                f"move the mixing to one of them")
 
 
 def method_option_field(name: str) -> tuple[str, object, dataclasses.Field]:

@@ -37,7 +37,9 @@ from distill.run import train_group
 TOP_KEYS = ("baselines", "common", "seeds", "students", "teacher", "train_together")
 MANAGED = {"config", "out", "resume", "force"}  # set per stage by the pipeline, never by the file
 STUDENT_MANAGED = MANAGED | {"teacher", "no_teacher"}  # the teacher is the teacher stage's best.pt
-KD_ONLY = ("method", "any_teacher", *all_option_names())  # what a baseline drops from its student's table
+# What a baseline drops from its student's table: the distillation, and the mixing a student adds to see the
+# teacher on mixed images (a baseline keeps the group's shared, unmixed batch).
+KD_ONLY = ("method", "any_teacher", "mix", *all_option_names())
 SHARED = {f.name for f in dataclasses.fields(C.TrainConfig)}  # valid for a teacher and a student alike
 ROLE_TABLES = ((C.TeachConfig, "[teacher]"), (C.StudentConfig, "[[students]]"))
 

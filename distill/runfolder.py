@@ -26,7 +26,8 @@ def default_out(cfg: C.TrainConfig) -> Path:
         return Path("runs/cifar10") / f"teacher-{cfg.arch}"
     if cfg.role == "baseline":
         return Path("runs/cifar10") / f"baseline-{cfg.arch}"
-    return Path("runs/cifar10") / f"student-{cfg.arch}-{cfg.method}"
+    mixed = "-mix" if getattr(cfg, "mix", "none") != "none" else ""  # beside the same student without --mix
+    return Path("runs/cifar10") / f"student-{cfg.arch}-{cfg.method}{mixed}"
 
 
 def holds_run(out: Path) -> bool:

@@ -14,13 +14,15 @@ import contextlib
 import copy
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from distill.augment import GpuAugment, Preprocess, to_float
+from distill.augment import GpuAugment, Preprocess, mix, to_float
+from distill.augment_spec import Mixing
 from distill.distributed import all_reduce_sum, any_rank
 from distill.errors import UserError
 from distill.methods import Method, Outputs
@@ -85,6 +87,7 @@ class Learner:
     method: Method
     grad_clip: float = 0.0
     ema: ModelEMA | None = None
+    mix: Mixing | None = None  # its own MixUp/CutMix on top of the shared batch (--mix)
 
     def trainable_parameters(self) -> list:
         """The student's parameters and those of modules the method owns (connectors): one optimizer for both."""
@@ -102,6 +105,7 @@ class Loop:
     train_y: Tensor
     batch_size: int
     seed: int
+    epochs: int  # the run's length: a method's progress is the share of it done
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
@@ -113,6 +117,10 @@ class Loop:
     @property
     def steps_per_epoch(self) -> int:
         return max(1, len(self.train_x) // self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
     @property
     def needs_teacher(self) -> bool:
@@ -169,15 +177,33 @@ def materialized(out: Outputs) -> Outputs:
     return Outputs(out.logits.clone(), None if out.features is None else [f.clone() for f in out.features])
 
 
-def teacher_outputs(loop: Loop, x: Tensor) -> Outputs | None:
-    """The teacher on exactly the learners' augmented batch, once for all of them (its features too when a
-    learner's method uses them: then its model is wrapped in WithFeatures). Materialized: every learner's
-    compiled forward runs before the last learner reads them."""
-    if loop.teacher is None or not loop.needs_teacher:
-        return None
+def teacher_outputs(loop: Loop, x: Tensor) -> Outputs:
+    """The teacher on exactly the learners' augmented batch, once for all learners that see it (its features
+    too when a learner's method uses them: then its model is wrapped in WithFeatures). Materialized: every
+    learner's compiled forward runs before the last learner reads them."""
     with torch.no_grad(), autocast(loop.device, loop.amp_dtype):
         return materialized(forward(loop, loop.teacher.model, model_input(x, loop.teacher.preprocess,
                                                                            loop.channels_last)))
+
+
+@contextlib.contextmanager
+def private_rng(seed: int, device: torch.device):
+    """Draws from a stream of their own, seeded by `seed`, leaving torch's global RNG where it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def views(loop: Loop, x: Tensor, targets: Tensor, index: int) -> dict[Mixing | None, tuple[Tensor, Tensor]]:
+    """The shared batch (key None) and, for each distinct --mix of the learners, that mix of it. A mix draws
+    from a stream seeded by (seed, step, mix) alone, so a learner's batches are the same whichever group it
+    trains in, and a resumed run draws them again exactly."""
+    out = {None: (x, targets)}
+    for spec in dict.fromkeys(learner.mix for learner in loop.learners if learner.mix is not None):
+        seed = (loop.seed * 1_000_003 + index) * 1_000_033 + zlib.crc32(repr(spec).encode())
+        with private_rng(seed % 2**63, loop.device):
+            out[spec] = mix(x, targets, spec.mixup, spec.cutmix, spec.mix_prob)
+    return out
 
 
 def as_outputs(result) -> Outputs:
@@ -203,11 +229,15 @@ def learner_step(loop: Loop, learner: Learner, x: Tensor, targets: Tensor, teach
     return loss.detach(), correct
 
 
-def train_step(loop: Loop, x_u8: Tensor, y: Tensor, progress: float) -> list[tuple[Tensor, Tensor]]:
-    """Augment once, run the teacher once, step every learner: (loss, correct) per learner."""
-    x, targets = loop.augment(x_u8, y)
-    teacher = teacher_outputs(loop, x)
-    return [learner_step(loop, learner, x, targets, teacher, progress) for learner in loop.learners]
+def train_step(loop: Loop, x_u8: Tensor, y: Tensor, index: int) -> list[tuple[Tensor, Tensor]]:
+    """Step `index` of the run (0-based, over all epochs): augment once, run the teacher once per batch a
+    distilling learner sees, step every learner; (loss, correct) per learner."""
+    batches = views(loop, *loop.augment(x_u8, y), index)
+    taught = {learner.mix for learner in loop.learners if learner.method.needs_teacher and loop.teacher is not None}
+    teacher = {key: teacher_outputs(loop, batches[key][0]) for key in batches if key in taught}
+    progress = index / max(1, loop.total_steps)  # the share of the run done, for methods that ramp a weight
+    return [learner_step(loop, learner, *batches[learner.mix], teacher.get(learner.mix), progress)
+            for learner in loop.learners]
 
 
 def rank_batch(perm: Tensor, step: int, loop: Loop) -> Tensor:
@@ -228,7 +258,7 @@ def train_one_epoch(loop: Loop, epoch: int, start_step: int = 0, hooks: Hooks | 
     seen, step, started = 0, start_step, time.perf_counter()
     while step < steps and not stop_now(loop, step, hooks):
         idx = rank_batch(perm, step, loop)
-        for i, (loss, right) in enumerate(train_step(loop, loop.train_x[idx], loop.train_y[idx], epoch + step / steps)):
+        for i, (loss, right) in enumerate(train_step(loop, loop.train_x[idx], loop.train_y[idx], epoch * steps + step)):
             loss_sum[i] += loss * len(idx)
             correct[i] += right
         seen += len(idx)

@@ -22,7 +22,8 @@ def shipped(folder: str) -> list[Path]:
 def test_pipeline_configs_plan_a_teacher_then_students_and_baselines(path, tmp_path):
     pipe = load_pipeline(path, {"data": "d"})
     roles = [stage.config(tmp_path).role for stage in pipe.stages]  # each stage's config resolves and validates
-    assert roles[0] == "teacher" and "student" in roles and "baseline" in roles
+    assert roles[0] == "teacher" and "student" in roles
+    assert ("baseline" in roles) == C.read_toml(path).get("baselines", True)
     assert pipe.out == Path("runs") / path.stem
 
 
@@ -51,3 +52,17 @@ def test_the_headline_pipeline_trains_its_teacher_then_all_four_students_togethe
     assert all(c.val_size == 0 and c.label_smoothing == 0 for c in cfgs)  # all 50,000 images; plain CE
     assert [[s.name for s in group] for group in plan_groups(pipe)] == [
         ["teacher-resnet50"], ["student-resnet20-kd", "student-resnet8x4-kd", "baseline-resnet20", "baseline-resnet8x4"]]
+
+
+def test_the_function_matching_config_is_the_headlines_resnet20_kd_student_with_its_own_mix(tmp_path):
+    """Run into the headline's folder it reuses the finished teacher and trains beside the headline's runs, so
+    its [common] and [teacher] are the headline's, and its student differs from the headline's only by --mix."""
+    headline, fm = (C.read_toml(CONFIGS / "pipeline" / name) for name in ("cifar10.toml", "cifar10_fm.toml"))
+    assert fm["common"] == headline["common"] and fm["teacher"] == headline["teacher"]
+    [student] = fm["students"]
+    original = next(s for s in headline["students"] if s["arch"] == student["arch"])
+    assert {k: v for k, v in student.items() if k != "mix"} == original and "mix" not in original
+    pipe = load_pipeline(CONFIGS / "pipeline" / "cifar10_fm.toml", {"data": "d"}, str(tmp_path / "cifar10"))
+    assert [s.name for s in pipe.stages] == ["teacher-resnet50", "student-resnet20-kd-mix"]
+    assert pipe.stages[0].config(pipe.out) == load_pipeline(CONFIGS / "pipeline" / "cifar10.toml", {"data": "d"},
+                                                            str(tmp_path / "cifar10")).stages[0].config(pipe.out)

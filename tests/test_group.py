@@ -13,6 +13,7 @@ from distill import config as C
 from distill.checkpoint import load_checkpoint
 from distill.errors import UserError
 from distill.run import train_group, train_run
+from distill.train import unwrap
 from runhelpers import assert_same, signal_after_steps
 
 STEPS = 5  # 42 training images in batches of 8
@@ -147,3 +148,72 @@ def test_a_group_writes_predictions_and_each_students_paired_gain_and_fidelity(t
     assert values["method"].string_value == "kd" and values["temperature"].number_value == 2.0
     assert values["alpha"].number_value == pytest.approx(0.9)  # KD's default, as the method used it
     assert values["epochs"].string_value == str(EPOCHS)  # a count reads "2", not "2.0000"
+
+
+def test_a_learners_own_mix_is_its_batch_and_its_teachers_and_it_ends_as_trained_alone(teacher, tmp_path,
+                                                                                      monkeypatch):
+    """Function matching in a group: a KD student with --mix sees (and its teacher sees) the mixed batch, a KD
+    student and a baseline without it the shared batch; one teacher forward per distinct batch, and every run
+    ends exactly as it ends trained alone."""
+    def group(folder):
+        cfgs = configs(teacher, folder, augment="default")
+        mixed = C.resolve(C.StudentConfig, {}, {**C.to_dict(cfgs[0]), "config": None, "mix": "mixup=0.4,cutmix=1.0",
+                                                "out": str(folder / "kd-mix")})
+        return [mixed, cfgs[0], cfgs[2]]
+
+    seen = []
+    real = train_mod.teacher_outputs
+    monkeypatch.setattr(train_mod, "teacher_outputs", lambda loop, x: seen.append(x.clone()) or real(loop, x))
+    together = train_group(group(tmp_path / "together"))
+    assert len(seen) == 2 * EPOCHS * STEPS  # the mixed batch and the shared one, each once per step
+    assert not torch.equal(seen[0], seen[1])  # two different views of the same images
+    monkeypatch.setattr(train_mod, "teacher_outputs", real)
+    alone = [train_run(cfg) for cfg in group(tmp_path / "alone")]
+    for name in ("kd-mix", "kd", "base"):
+        assert_same(state(tmp_path / "together" / name), state(tmp_path / "alone" / name), name)
+    assert [m["test_accuracy"] for m in together] == [m["test_accuracy"] for m in alone]
+    assert not torch.equal(load_checkpoint(tmp_path / "together" / "kd-mix" / "last.pt")["model"]["fc.weight"],
+                           load_checkpoint(tmp_path / "together" / "kd" / "last.pt")["model"]["fc.weight"])
+
+
+@pytest.mark.parametrize("key, value", [("augment", "default,cutout=1,cutout_size=4"), ("batch_size", 6),
+                                        ("epochs", 3), ("seed", 1), ("val_size", 9), ("precision", "bf16"),
+                                        ("compile_mode", "default")])
+def test_a_group_refuses_members_that_differ_in_a_shared_setting(teacher, tmp_path, key, value):
+    cfgs = configs(teacher, tmp_path / "g")
+    cfgs[1] = C.resolve(C.StudentConfig, {}, {**C.to_dict(cfgs[1]), "config": None, key: value})
+    with pytest.raises(UserError, match=rf"cannot train in one group with .*{key}: "):
+        build_group_checks(cfgs)
+
+
+def test_a_group_allows_members_that_differ_only_in_their_own_mix(teacher, tmp_path):
+    cfgs = configs(teacher, tmp_path / "g", augment="default")
+    cfgs[0] = C.resolve(C.StudentConfig, {}, {**C.to_dict(cfgs[0]), "config": None, "mix": "mixup=0.2"})
+    build_group_checks(cfgs)
+
+
+def build_group_checks(cfgs):
+    from distill.build import check_group
+
+    check_group(cfgs)
+
+
+def test_each_learner_of_a_group_has_its_method_its_ema_over_the_whole_run_and_an_eval_mode_teacher(teacher,
+                                                                                                  tmp_path):
+    """The baseline's loss is plain cross-entropy (method none), the EMA's time constant is a share of every
+    epoch's steps, and a feature method's shape probe leaves the frozen teacher in eval mode."""
+    from distill.build import build_group
+    from distill.train import ema_decay
+
+    cfgs = configs(teacher, tmp_path / "g", epochs=3)
+    cfgs[1] = C.resolve(C.StudentConfig, {}, {**C.to_dict(cfgs[1]), "config": None, "method": "fitnet"})
+    group = build_group(cfgs)
+    try:
+        loop = group.loop
+        assert [learner.method.name for learner in loop.learners] == ["kd", "fitnet", "none"]
+        steps = loop.steps_per_epoch
+        for learner in loop.learners:  # RECIPE's horizon 0.2 of 3 epochs x 5 steps: 3 steps, not 1 epoch's 1
+            assert learner.ema.decay == ema_decay(0.2, 3 * steps) == pytest.approx(1 - 1 / (0.2 * 3 * steps))
+        assert not any(m.training for m in unwrap(loop.teacher.model).modules())
+    finally:
+        group.release()

@@ -29,12 +29,12 @@ def make(name: str, label_smoothing: float = 0.0, **options):
     return create(name, options, label_smoothing)
 
 
-def call(method, s, t, y, progress: float = 100.0):
+def call(method, s, t, y, progress: float = 1.0):
     """A logits-only method on (student, teacher) logits, as the loop calls it with Outputs."""
     return method(Outputs(s), None if t is None else Outputs(t), y, progress)
 
 
-def total(name: str, s, t, y, progress: float = 100.0, **kw) -> torch.Tensor:
+def total(name: str, s, t, y, progress: float = 1.0, **kw) -> torch.Tensor:
     return call(make(name, **kw), s, t, y, progress)[0]
 
 
@@ -117,17 +117,18 @@ def dkd_reference(s, t, y, temp, alpha, beta):
 @pytest.mark.parametrize("temp,alpha,beta", [(4.0, 1.0, 8.0), (1.0, 0.5, 2.0)])
 def test_dkd_matches_per_sample_reference(temp, alpha, beta):
     s, t, y = logits().double(), logits().double(), mixed_targets().double()
-    got = total("dkd", s, t, y, temperature=temp, alpha=alpha, beta=beta, kd_warmup_epochs=20.0)
+    got = total("dkd", s, t, y, temperature=temp, alpha=alpha, beta=beta, kd_warmup=0.1)
     torch.testing.assert_close(got.double(), dkd_reference(s, t, y, temp, alpha, beta))
 
 
-def test_dkd_warmup_is_linear_then_saturates():
+def test_dkd_warmup_is_a_share_of_the_run_linear_then_saturated():
     s, t, y = logits(), logits(), mixed_targets()
-    method = make("dkd", kd_warmup_epochs=20.0)
-    kd_at = {p: call(method, s, t, y, p)[1]["kd"] for p in (0.0, 5.0, 20.0, 40.0)}
+    method = make("dkd")  # the paper's 20 of 240 epochs: the first twelfth of any run
+    assert method.options.kd_warmup == pytest.approx(20 / 240, abs=1e-4)
+    kd_at = {p: call(method, s, t, y, p)[1]["kd"] for p in (0.0, 0.25 / 12, 1 / 12, 0.5)}
     assert kd_at[0.0] == 0
-    torch.testing.assert_close(kd_at[5.0], 0.25 * kd_at[20.0])
-    torch.testing.assert_close(kd_at[40.0], kd_at[20.0])
+    torch.testing.assert_close(kd_at[0.25 / 12], 0.25 * kd_at[1 / 12], rtol=2e-3, atol=0)
+    torch.testing.assert_close(kd_at[0.5], kd_at[1 / 12])
 
 
 @pytest.mark.parametrize("temp", [1.0, 4.0])
@@ -160,7 +161,7 @@ def test_a_method_refuses_options_it_does_not_take_and_fills_the_rest_with_its_d
     with pytest.raises(UserError, match=r"--beta does not apply to --method kd \(it takes --temperature, --alpha\)"):
         make("kd", beta=4.0)
     assert make("kd", temperature=2.0).option_values() == {"temperature": 2.0, "alpha": 0.9}
-    assert make("dkd").option_values() == {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "kd_warmup_epochs": 20.0}
+    assert make("dkd").option_values() == {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "kd_warmup": 0.0833}
     needs = {name: (cls.needs_teacher, cls.needs_features) for name, cls in METHODS.items()}
     assert needs == {"none": (False, False), "kd": (True, False), "dkd": (True, False), "dist": (True, False),
                      "fitnet": (True, True), "at": (True, True)}
@@ -198,9 +199,9 @@ def test_bad_hyperparameters_raise_user_error(name, kw, word):
 @pytest.mark.parametrize("name", ["none", "kd", "dkd", "dist"])
 def test_bf16_autocast_computes_in_float32(name):
     s, t, y = logits(), logits(), mixed_targets()
-    reference = total(name, s, t, y, progress=5.0)
+    reference = total(name, s, t, y, progress=0.5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = total(name, s.bfloat16(), t.bfloat16(), y, progress=5.0)
+        loss = total(name, s.bfloat16(), t.bfloat16(), y, progress=0.5)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, reference, rtol=2e-2, atol=1e-2)
 

@@ -103,7 +103,9 @@ def test_fitnet_regresses_the_teacher_stage_of_the_hint_stages_resolution_throug
     method = create("fitnet", {"hint_stage": 2, "feature_weight": 100.0})
     connector = method.setup(Outputs(None, student), Outputs(None, teacher)).double()
     conv, bn = connector[0], connector[1]
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (32, 512, (3, 3)) and bn.num_features == 512
+    # mdistiller's ConvReg for maps of one size: a 1x1 conv with bias
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (32, 512, (1, 1)) and conv.bias is not None
+    assert bn.num_features == 512
     labels, logits = torch.randint(C, (B,)), torch.randn(B, C, dtype=torch.float64, requires_grad=True)
     loss, parts = method(Outputs(logits, student), Outputs(torch.randn(B, C), teacher), one_hot(labels), 1.0)
     hint = ((connector(student[2]) - teacher[2]) ** 2).mean()  # stage 2 (16x16) -> the teacher's 16x16 stage
@@ -111,6 +113,20 @@ def test_fitnet_regresses_the_teacher_stage_of_the_hint_stages_resolution_throug
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels) + 100.0 * hint)
     loss.backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0  # the connector learns
+
+
+@pytest.mark.parametrize("student_size, teacher_size, conv_type, kernel, stride", [
+    (16, 8, "Conv2d", (3, 3), (2, 2)),  # twice the teacher's size: a strided 3x3
+    (8, 16, "ConvTranspose2d", (4, 4), (2, 2)),  # half of it: a 4x4 transposed conv
+    (8, 6, "Conv2d", (3, 3), (1, 1)),  # larger: a valid conv of 1 + the difference
+])
+def test_fitnet_connector_follows_mdistillers_rule_for_other_sizes(student_size, teacher_size, conv_type, kernel,
+                                                                    stride):
+    from distill.methods.fitnet import regressor_conv
+
+    conv = regressor_conv((B, 32, student_size, student_size), (B, 64, teacher_size, teacher_size))
+    assert (type(conv).__name__, conv.kernel_size, conv.stride, conv.bias is not None) == (conv_type, kernel, stride, True)
+    assert conv(torch.zeros(1, 32, student_size, student_size)).shape == (1, 64, teacher_size, teacher_size)
 
 
 def test_fitnet_refuses_a_hint_stage_the_student_does_not_have():

@@ -175,6 +175,15 @@ def test_plan_names_stages_and_command_line_beats_the_file(tmp_path):
     assert baseline["no_teacher"] and "teacher" not in baseline and "method" not in baseline
 
 
+def test_a_student_with_its_own_mix_has_a_stage_of_its_own_and_its_baseline_keeps_the_unmixed_batch(tmp_path):
+    text = ('[teacher]\narch = "resnet8"\n[[students]]\narch = "resnet8"\nmix = "mixup=0.2,cutmix=1.0"\n'
+            '[[students]]\narch = "resnet8"\n')
+    pipe = load_pipeline(write(tmp_path / "fm.toml", text), {})
+    assert [s.name for s in pipe.stages] == ["teacher-resnet8", "student-resnet8-kd-mix", "student-resnet8-kd",
+                                             "baseline-resnet8"]
+    assert "mix" not in pipe.stages[3].values
+
+
 def test_set_gives_every_stage_an_option_over_the_file(tmp_path, cli):
     from distill.config import parse_assignments
 

@@ -68,8 +68,9 @@ class NoOptions:
 class Method:
     """A distillation loss: `method(student, teacher, targets, progress) -> (total, parts)`.
 
-    `student`/`teacher` are `Outputs`; `targets` are (B, C) probabilities; `progress` is epochs done as a
-    float (epoch + step/steps). `parts` holds detached components for logging.
+    `student`/`teacher` are `Outputs`; `targets` are (B, C) probabilities; `progress` is the share of the
+    run done, in [0, 1] (a weight ramped over a share of the run scales with the schedule). `parts` holds
+    detached components for logging.
     """
 
     name: ClassVar[str] = ""

@@ -1,8 +1,10 @@
 """Decoupled KD (Zhao et al., CVPR 2022): CE + warmup * (alpha * TCKD + beta * NCKD).
 
 TCKD is the KL between the binary (target, non-target) distributions, NCKD the KL between the
-distributions over the non-target classes; both scaled by T^2. warmup = min(progress / kd_warmup_epochs,
-1). The target class is the argmax of the (possibly mixed) targets.
+distributions over the non-target classes; both scaled by T^2. warmup = min(progress / kd_warmup, 1), where
+progress is the share of the run done: the paper ramps over 20 of its 240 epochs, 1/12 of the run, so a
+40-epoch run ramps over 3.3 epochs rather than half of the run. The target class is the argmax of the
+(possibly mixed) targets.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 from distill.methods import register
 from distill.methods.base import F, Method, kl, torch
-from distill.options import NON_NEGATIVE, POSITIVE, opt
+from distill.options import NON_NEGATIVE, POSITIVE, Range, opt
 
 # Masks the target logit out of the non-target softmax; finite, so 0 * (log p - log q) stays 0.
 MASK = -1e9
@@ -29,12 +31,12 @@ class DKD(Method):
                            within=NON_NEGATIVE)
         beta: float = opt(8.0, "Weight of NCKD, the non-target-class term (the paper's value for most CIFAR pairs).",
                           within=NON_NEGATIVE)
-        kd_warmup_epochs: float = opt(20.0, "Epochs over which the distillation weight ramps up linearly "
-                                            "(the paper: 20 of 240).", within=NON_NEGATIVE)
+        kd_warmup: float = opt(round(20 / 240, 4), "Share of the run over which the distillation weight ramps up "
+                                                   "linearly (the paper: 20 of 240 epochs).", within=Range(0, 1))
 
     def warmup(self, progress: float) -> float:
-        epochs = self.options.kd_warmup_epochs
-        return 1.0 if epochs == 0 else min(progress / epochs, 1.0)
+        share = self.options.kd_warmup
+        return 1.0 if share == 0 else min(progress / share, 1.0)
 
     def log_probs(self, logits, gt_mask):
         """(log binary [p_target, p_non-target], log softmax over the non-target classes)."""

@@ -5,9 +5,12 @@ the output of the teacher's stage at the same resolution (the hint):
 
     loss = CE + feature_weight * MSE(regressor(student stage), teacher stage).
 
-The regressor is RepDistiller's and mdistiller's ConvReg: 3x3 conv (student -> teacher channels) + BN +
-ReLU (the teacher's stage outputs are ReLU outputs). Trained in one stage with CE, as mdistiller's
-CIFAR recipe (feature weight 100), not the paper's two-stage schedule.
+The regressor is RepDistiller's and mdistiller's ConvReg (mdistiller/distillers/_common.py), a conv chosen by
+the two maps' sizes, then BN + ReLU (the teacher's stage outputs are ReLU outputs): 1x1 with bias when the
+sizes match (our case: the teacher stage is picked by resolution), 3x3 stride 2 from twice the size,
+a 4x4 stride-2 transposed conv from half of it, else a (1 + dH) x (1 + dW) valid conv. Trained in one stage
+with CE at feature weight 100, mdistiller's CIFAR-100 value for every pair it reports, ResNet50 -> MobileNetV2
+(a 512-channel hint) included; not the paper's two-stage schedule.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 from distill.errors import UserError
 from distill.methods import register
-from distill.methods.base import F, Method, matching_stage, nn, resize_to
+from distill.methods.base import F, Method, matching_stage, nn
 from distill.options import AT_LEAST_1, NON_NEGATIVE, opt
 
 
@@ -43,13 +46,26 @@ class FitNet(Method):
         source = self.guided(student)
         self.teacher_stage = matching_stage(source.shape, teacher.stages)
         target = teacher.stages[self.teacher_stage]
-        self.modules = nn.Sequential(nn.Conv2d(source.shape[1], target.shape[1], 3, padding=1, bias=False),
-                                     nn.BatchNorm2d(target.shape[1]), nn.ReLU(inplace=True))
+        self.modules = nn.Sequential(regressor_conv(source.shape, target.shape), nn.BatchNorm2d(target.shape[1]),
+                                     nn.ReLU(inplace=True))
         return self.modules
 
     def loss(self, student, teacher, targets, progress):
         hint = teacher.stages[self.teacher_stage]
-        regressed = self.modules(resize_to(self.guided(student), tuple(hint.shape[-2:])))
+        regressed = self.modules(self.guided(student))
         feature = F.mse_loss(regressed, hint)
         ce = self.ce(student.logits, targets)
         return ce + self.options.feature_weight * feature, {"ce": ce, "hint": feature}
+
+
+def regressor_conv(source, target):
+    """ConvReg's conv for (B, C, H, W) shapes `source` -> `target` (mdistiller's rule, biases included)."""
+    (c_s, h_s, w_s), (c_t, h_t, w_t) = source[1:], target[1:]
+    if h_s == 2 * h_t:
+        return nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
+    if 2 * h_s == h_t:
+        return nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1)
+    if h_s >= h_t and w_s >= w_t:
+        return nn.Conv2d(c_s, c_t, (1 + h_s - h_t, 1 + w_s - w_t))
+    raise UserError(f"FitNets cannot map the student's {h_s}x{w_s} hint stage onto the teacher's {h_t}x{w_t} "
+                    f"stage: choose another --hint-stage")
