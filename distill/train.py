@@ -122,14 +122,6 @@ class Loop:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
-    @property
-    def needs_teacher(self) -> bool:
-        return any(learner.method.needs_teacher for learner in self.learners)
-
-    @property
-    def needs_features(self) -> bool:
-        return any(learner.method.needs_features for learner in self.learners)
-
 
 @dataclass
 class Hooks:
