@@ -230,6 +230,11 @@ def train_stages(stages: list[Stage], out: Path, console: Console) -> list[dict]
     verb = "resume" if statuses[0] == "resumed" else "start"
     console.print(f"{verb} {names}" + (" together (one augmented batch and one teacher forward per step)"
                                         if len(stages) > 1 else ""))
+    for stage in stages:
+        folder = out / stage.name
+        if (folder / "best.pt").is_file() and not (folder / "last.pt").is_file():
+            console.print(f"{stage.name} starts over: its folder holds best.pt but no last.pt (a run stopped during "
+                          f"its first save), which cannot be continued; that best.pt is replaced")
     started = time.perf_counter()
     try:
         metrics = train_group([stage_config(s, out) for s in stages])

@@ -1,6 +1,6 @@
 """A run's folder: where it is, whether it may be used, and the lock that keeps two processes out of it.
 
-Rules: a folder holding a run (last.pt or metrics.json) is only continued (--resume) or replaced
+Rules: a folder holding a run (last.pt, best.pt or metrics.json) is only continued (--resume) or replaced
 (--force); a forced restart removes the old results before it writes anything, so an interrupted
 restart can never leave the old model behind to be reported or resumed under the new config; and a
 live run holds an exclusive lock on its folder, which the kernel drops when the process dies.
@@ -31,9 +31,10 @@ def default_out(cfg: C.TrainConfig) -> Path:
 
 
 def holds_run(out: Path) -> bool:
-    """A checkpoint or a result: something a new run must not silently replace. A config.json alone is a run
+    """A checkpoint or a result: something a new run must not silently replace (best.pt alone is a run whose
+    first save stopped between best.pt and last.pt, e.g. on a full disk). A config.json alone is a run
     stopped before its first checkpoint: nothing to continue, nothing lost by starting again."""
-    return (out / "last.pt").exists() or (out / "metrics.json").exists()
+    return any((out / name).exists() for name in ("last.pt", "best.pt", "metrics.json"))
 
 
 def check_out(cfg: C.TrainConfig) -> Path:
@@ -50,6 +51,9 @@ def check_out(cfg: C.TrainConfig) -> Path:
 
 def check_use(cfg: C.TrainConfig, out: Path) -> None:
     if cfg.resume and not (out / "last.pt").exists():
+        if (out / "best.pt").exists():
+            raise UserError(f"nothing to resume in {out}: it holds best.pt but no last.pt (its run stopped during "
+                            f"its first save); keep best.pt elsewhere if you want it, then start over with --force")
         raise UserError(f"nothing to resume in {out} (no last.pt): drop --resume to start a new run there")
     if holds_run(out) and not (cfg.resume or cfg.force):
         raise UserError(f"{out} already holds a run: add --resume to continue it or --force to start over")

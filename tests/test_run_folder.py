@@ -171,3 +171,27 @@ def test_a_hand_edited_config_json_before_resume_is_one_line(cli, tiny_data, tmp
     assert_one_line_error(cli("teach", "--out", out, "--resume"), "config.json: 'epochs' must be int, got str 'ten'")
     (out / "config.json").write_text("{not json")
     assert_one_line_error(cli("teach", "--out", out, "--resume"), "config.json is unreadable")
+
+
+def test_a_full_disk_at_the_first_save_keeps_best_pt_and_a_plain_rerun_does_not_delete_it(cli, tiny_data, tmp_path,
+                                                                                           monkeypatch):
+    import errno
+
+    from distill import atomic
+
+    out, real_replace = tmp_path / "run", atomic.os.replace
+
+    def disk_fills_at_last_pt(src, dst):
+        if str(dst).endswith("last.pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic.os, "replace", disk_fills_at_last_pt)
+        assert_one_line_error(cli(*run_args("teach", tiny_data, out, 1)), "No space left on device")
+    best = (out / "best.pt").read_bytes()
+    assert not (out / "last.pt").exists()
+    assert_one_line_error(cli(*run_args("teach", tiny_data, out, 1)), "already holds a run")
+    assert_one_line_error(cli("teach", "--out", out, "--resume"), "holds best.pt but no last.pt")
+    assert (out / "best.pt").read_bytes() == best  # neither refusal touched it
+    assert cli(*run_args("teach", tiny_data, out, 1, "--force")).code == 0  # the user's explicit choice
