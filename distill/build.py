@@ -23,18 +23,13 @@ from distill.augment_spec import parse_mix
 from distill.data import Splits, channel_stats, default_cache_dir, load_dataset, make_splits
 from distill.errors import UserError
 from distill.evaluation import model_from_checkpoint
-from distill.methods import Method, Outputs
+from distill.methods import Method, Outputs, all_option_names, resolve_options
 from distill.methods import create as create_method
 from distill.models import WithFeatures, build_model, forward_with_features, make_spec, new_parameter_names
 from distill.runfolder import RunLock, check_out, make_out
 from distill.runlog import RunLogger
-from distill.runstate import Group, Run, restore, set_rng_state
+from distill.runstate import RESUME_FREE, RESUME_RECORDED, Group, Run, restore, set_rng_state
 from distill.train import Learner, Loop, ModelEMA, TeacherModel, ema_decay, model_input, require_classes, unwrap
-
-# Settings a resumed run must share with the run it continues (anything else may change).
-MUST_MATCH = ("arch", "data", "image_size", "resize", "batch_size", "val_size", "limit_train", "seed",
-              "stem", "method", "no_teacher", "teacher", "mix")
-
 
 # Settings every run of a group must share: they fix the batches, the augmentation draws and the step count.
 GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "val_size", "limit_train", "limit_test", "seed",
@@ -72,15 +67,40 @@ def amp_dtype(cfg: C.TrainConfig, device: torch.device) -> torch.dtype | None:
 
 def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str] | None, path: Path) -> None:
     """Refuse, in one line listing every difference, to continue a run with settings it cannot take."""
-    saved, now = dict(ck["config"]), C.to_dict(cfg)
+    saved, now = recipe(ck["config"], cfg), recipe(C.to_dict(cfg), cfg)
     if saved.get("data"):  # runs before 2026-11-27 stored --data as typed: relative to where they were started
         saved["data"] = str(Path(saved["data"]).expanduser().resolve())
-    diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in MUST_MATCH if k in now and saved.get(k) != now.get(k)]
+    diffs = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now if saved[k] != now[k]]
+    if needs_teacher(cfg) and not same_teacher(ck, cfg):
+        diffs.append(f"teacher: {cfg.teacher} is not the checkpoint that taught this run (other contents)")
     if classes is not None and ck["classes"] != classes:  # same --data path, new contents: the head no longer fits
         diffs.append(f"classes: {classes_text(ck['classes'])} -> {classes_text(classes)}")
     if diffs:
         raise UserError(f"cannot resume {path} with changed settings ({'; '.join(diffs)}): "
                         f"restore them, or start a new run with --force or another --out")
+
+
+def recipe(values: dict, cfg: C.TrainConfig) -> dict:
+    """The settings that define what a run computes (all but RESUME_FREE and RESUME_RECORDED), a missing one
+    (a checkpoint older than the setting) at its default, a method's options as the method resolves them."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    keys = [k for k in fields if k not in RESUME_FREE and k not in RESUME_RECORDED]
+    out = {k: values.get(k, fields[k].default) for k in keys}
+    if isinstance(cfg, C.StudentConfig):
+        options = {k: out.pop(k) for k in all_option_names()}
+        method = "none" if out["no_teacher"] else out["method"]
+        if method != "none":  # a baseline ignores them
+            out.update(method_options=dataclasses.asdict(resolve_options(method, options)))
+    return out
+
+
+def same_teacher(ck: dict, cfg: C.StudentConfig) -> bool:
+    """The teacher is the same by content (a moved file is fine); checkpoints from before 2026-12-04 knew
+    only its path."""
+    digest = (ck.get("teacher") or {}).get("sha256")
+    if digest is None:
+        return ck["config"].get("teacher") == cfg.teacher
+    return digest == ckpt_io.file_sha256(Path(cfg.teacher))
 
 
 def classes_text(classes: list[str]) -> str:
@@ -146,7 +166,8 @@ def load_teacher(cfg: C.StudentConfig, classes: list[str], device: torch.device,
     require_classes(ck["classes"], classes, cfg.teacher)
     model, pre = model_from_checkpoint(ck, cfg.teacher, device, channels_last)
     info = {"path": str(cfg.teacher), "arch": ck["spec"]["arch"], "role": ck.get("role"),
-            "test_accuracy": (ck.get("metrics") or {}).get("test_accuracy")}
+            "test_accuracy": (ck.get("metrics") or {}).get("test_accuracy"),
+            "sha256": ckpt_io.file_sha256(Path(cfg.teacher))}  # what a resume checks: the same teacher
     return TeacherModel(model, pre), info
 
 

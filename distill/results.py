@@ -76,7 +76,7 @@ def final_metrics(group: Group, run: Run, test: dict, model: torch.nn.Module) ->
             "dataset": s.source if hasattr(s, "source") else cfg.data, "train_images": len(s.train_x),
             "test_images": len(s.test_x), "device": device_name(group.device), "teacher": run.teacher_info,
             **extra, "method_options": run.learner.method.option_values(), "eval_weights": run.eval_weights,
-            "tta": cfg.tta, "seed": cfg.seed,
+            "tta": cfg.tta, "seed": cfg.seed, "changes": run.changes,
             "predictions": PREDICTIONS_FILE}
 
 

@@ -29,6 +29,8 @@ from distill.signals import StopSignals
 from distill.train import (
     Hooks,
     Interrupted,
+    NonFiniteLoss,
+    diverged_message,
     evaluate,
     seed_epoch,
     train_one_epoch,
@@ -84,27 +86,42 @@ def step_hook(lead: Run):
 
 def fit(group: Group, stop: StopSignals) -> None:
     """Epochs from wherever the runs stand to cfg.epochs; a stop request saves and raises Interrupted."""
-    loop, lead = group.loop, group.lead
-    hooks = Hooks(stop_requested=stop.requested, on_step=step_hook(lead))
-    while lead.epoch < lead.cfg.epochs:
+    loop = group.loop
+    hooks = Hooks(stop_requested=stop.requested, on_step=step_hook(group.lead))
+    while group.lead.epoch < group.lead.cfg.epochs:
+        lead = group.lead  # the first run still training (a diverged one is set aside)
         if lead.step_in_epoch == 0:
             seed_epoch(lead.cfg.seed, lead.epoch)
         lead.logger.start_epoch(lead.epoch, loop.steps_per_epoch, lead.step_in_epoch)
         stats = train_one_epoch(loop, lead.epoch, lead.step_in_epoch, hooks)
         for run, s in zip(group.runs, stats):
             count_images(run, s)
+        stats = set_aside_diverged(group, stats)
         if not stats[0]["finished"]:
             for run in group.runs:
                 run.step_in_epoch = stats[0]["next_step"]
                 save_checkpoints(run)
-            raise Interrupted(f"epoch {lead.epoch + 1} step {lead.step_in_epoch}")
+            raise Interrupted(f"epoch {group.lead.epoch + 1} step {group.lead.step_in_epoch}")
         for run, s in zip(group.runs, stats):
             run.epoch, run.step_in_epoch = run.epoch + 1, 0
             end_epoch(group, run, s)
         if dist_util.any_rank(stop.requested(), group.device):  # under torchrun all ranks stop here, or none
             for run in group.runs:
                 save_checkpoints(run)
-            raise Interrupted(f"after epoch {lead.epoch}")
+            raise Interrupted(f"after epoch {group.lead.epoch}")
+
+
+def set_aside_diverged(group: Group, stats: list[dict]) -> list[dict]:
+    """Runs whose loss became non-finite leave the group, their checkpoints as last written (never diverged
+    weights); the others go on, on the same batches. Returns the stats of those that go on."""
+    keep = [i for i, run in enumerate(group.runs) if not run.learner.diverged]
+    for i, run in enumerate(group.runs):
+        if i not in keep:
+            run.logger.result(run.learner.diverged)
+            group.diverged.append(run)
+    group.runs = [group.runs[i] for i in keep]
+    group.loop.learners = [run.learner for run in group.runs]
+    return [stats[i] for i in keep]
 
 
 def finish(group: Group) -> list[dict]:
@@ -122,8 +139,9 @@ def finish(group: Group) -> list[dict]:
 
 
 def write_config(run: Run) -> None:
-    ckpt_io.write_text_atomic(json.dumps({**C.to_dict(run.cfg), "role": run.cfg.role, "spec": run.spec}, indent=2),
-                              run.out / "config.json")
+    """The resolved config, and the settings a resume changed (with the epoch each took effect)."""
+    ckpt_io.write_text_atomic(json.dumps({**C.to_dict(run.cfg), "role": run.cfg.role, "spec": run.spec,
+                                          "changes": run.changes}, indent=2), run.out / "config.json")
 
 
 def train_run(cfg: C.TrainConfig) -> dict:
@@ -144,11 +162,14 @@ def train_group(cfgs: list[C.TrainConfig]) -> list[dict]:
                 fit(group, stop)
             except Interrupted as where:
                 raise interrupted(group, str(where), stop.exit_code) from None
-        return finish(group) if lead.is_main else [{} for _ in group.runs]
+        metrics = finish(group) if lead.is_main else [{} for _ in group.runs]
+        if group.diverged:  # the others finished: their metrics.json are written, a rerun skips them
+            raise NonFiniteLoss(diverged_message([run.learner for run in group.diverged]))
+        return metrics
     except torch.OutOfMemoryError:
         raise out_of_memory(group) from None
     finally:
-        for run in group.runs:
+        for run in group.runs + group.diverged:
             run.logger.close()
         group.release()
         dist_util.shutdown()

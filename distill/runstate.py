@@ -20,6 +20,16 @@ from distill.errors import UserError
 from distill.runlog import RunLogger
 from distill.train import Learner, Loop, unwrap
 
+# What a resumed run may do differently from the run it continues. Free: how it is computed, not what (the
+# device, compiling, how often it saves, where the cache is), and the teacher's path (its content is checked
+# instead: a moved file is fine). Recorded (in its checkpoints, config.json and metrics.json, with the epoch
+# the change took effect): --epochs, whose cosine schedule continues on the new length. Every other setting
+# (the recipe, the method and its options, the data) must be the same: a run records one recipe, not two.
+RESUME_FREE = (*C.NOT_COMPUTED, "out", "device", "compile", "compile_mode", "compile_teacher", "channels_last",
+               "deterministic", "save_every", "cache_dir", "download", "any_teacher", "teacher")
+RESUME_RECORDED = ("epochs",)
+
+
 @dataclass
 class Run:
     """One model's run: its folder, logger, learner and position; what a checkpoint must hold to continue."""
@@ -42,6 +52,7 @@ class Run:
     first_epoch_images: int = 0  # the first epoch pays for compiling and cuDNN's autotuning: reported apart
     first_epoch_seconds: float = 0.0
     teacher_info: dict | None = None
+    changes: list = field(default_factory=list)  # settings changed on a resume, with the epoch they took effect
     best_state: dict | None = None  # best weights not yet written to best.pt
     started: float = field(default_factory=time.perf_counter)
 
@@ -55,6 +66,7 @@ class Group:
     splits: Splits
     device: torch.device
     teacher_test: dict | None = None  # the teacher's test results, evaluated once for every distilled run
+    diverged: list[Run] = field(default_factory=list)  # runs set aside when their loss became non-finite
     locks: list = field(default_factory=list)  # runfolder.RunLock of each run folder, held until the end
 
     def release(self) -> None:
@@ -84,7 +96,7 @@ def base_checkpoint(run: Run, weights: dict, ema: dict | None, eval_weights: str
     return {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "role": run.cfg.role, "spec": run.spec,
             "model": weights, "ema": ema, "eval_weights": eval_weights, "config": cfg,
             "classes": run.classes, "normalization": run.normalization, "epoch": run.epoch,
-            "best_val": run.best_val}
+            "best_val": run.best_val, "teacher": run.teacher_info, "changes": run.changes}
 
 
 def save_last(run: Run) -> None:
@@ -129,6 +141,18 @@ def restore(run: Run, ck: dict) -> None:
     run.wall_seconds, run.train_images, run.train_seconds = ck["wall_seconds"], ck["train_images"], ck["train_seconds"]
     run.first_epoch_images = ck.get("first_epoch_images", 0)
     run.first_epoch_seconds = ck.get("first_epoch_seconds", 0.0)
+    run.changes = [*ck.get("changes", []), *recorded_changes(ck, run)]
+
+
+def recorded_changes(ck: dict, run: Run) -> list[dict]:
+    """The settings a resume may change (build.RESUME_RECORDED) that this resume changes, each with the point
+    of the run it took effect at; a teacher that moved but is the same file counts as a change of path."""
+    now, saved = C.to_dict(run.cfg), ck["config"]
+    changed = [k for k in RESUME_RECORDED if saved.get(k) != now[k]]
+    if run.teacher_info is not None and saved.get("teacher") not in (None, now.get("teacher")):
+        changed.append("teacher")
+    return [{"setting": k, "from": saved.get(k), "to": now[k], "epoch": ck["epoch"], "step": ck["step_in_epoch"]}
+            for k in changed]
 
 
 def restore_optimizer(learner: Learner, ck: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 import zlib
@@ -88,6 +89,7 @@ class Learner:
     grad_clip: float = 0.0
     ema: ModelEMA | None = None
     mix: Mixing | None = None  # its own MixUp/CutMix on top of the shared batch (--mix)
+    diverged: str | None = None  # why its loss became non-finite: it takes no more steps, the others go on
 
     def trainable_parameters(self) -> list:
         """The student's parameters and those of modules the method owns (connectors): one optimizer for both."""
@@ -225,11 +227,13 @@ def train_step(loop: Loop, x_u8: Tensor, y: Tensor, index: int) -> list[tuple[Te
     """Step `index` of the run (0-based, over all epochs): augment once, run the teacher once per batch a
     distilling learner sees, step every learner; (loss, correct) per learner."""
     batches = views(loop, *loop.augment(x_u8, y), index)
-    taught = {learner.mix for learner in loop.learners if learner.method.needs_teacher and loop.teacher is not None}
+    taught = {learner.mix for learner in loop.learners
+              if learner.method.needs_teacher and not learner.diverged and loop.teacher is not None}
     teacher = {key: teacher_outputs(loop, batches[key][0]) for key in batches if key in taught}
     progress = index / max(1, loop.total_steps)  # the share of the run done, for methods that ramp a weight
-    return [learner_step(loop, learner, *batches[learner.mix], teacher.get(learner.mix), progress)
-            for learner in loop.learners]
+    idle = (torch.zeros((), device=loop.device), torch.zeros((), device=loop.device, dtype=torch.long))
+    return [idle if learner.diverged else learner_step(loop, learner, *batches[learner.mix], teacher.get(learner.mix),
+                                                       progress) for learner in loop.learners]
 
 
 def rank_batch(perm: Tensor, step: int, loop: Loop) -> Tensor:
@@ -278,14 +282,36 @@ def stop_now(loop: Loop, step: int, hooks: Hooks) -> bool:
 
 
 def check_finite(loop: Loop, loss_sums: Tensor, epoch: int, step: int) -> None:
-    """`loss_sums` (one per learner) summed over ranks, so that every rank raises together."""
-    bad = [learner.name for learner, value in zip(loop.learners, loss_sums.tolist()) if not math.isfinite(value)]
-    if bad:
-        who = f" of {', '.join(bad)}" if len(loop.learners) > 1 else ""
-        raise NonFiniteLoss(
-            f"the training loss{who} became non-finite in epoch {epoch + 1} by step {step}: lower --lr, "
-            f"set --grad-clip, or use --precision fp32; checkpoints already written are kept"
-        )
+    """`loss_sums` (one per learner) summed over ranks, so that every rank decides alike. A learner whose loss
+    became non-finite stops (its checkpoints already written are kept) and the others go on; when none is
+    left, training stops here."""
+    for learner, value in zip(loop.learners, loss_sums.tolist()):
+        if learner.diverged is None and not math.isfinite(value):
+            learner.diverged = (f"the training loss of {learner.name} became non-finite in epoch {epoch + 1} by step "
+                                f"{step}: {divergence_advice(loop, learner)}")
+    if all(learner.diverged for learner in loop.learners):
+        raise NonFiniteLoss(diverged_message(loop.learners))
+
+
+def divergence_advice(loop: Loop, learner: Learner) -> str:
+    """The likely causes, most specific first: a method weight raised far from its default, then the recipe."""
+    method = learner.method
+    raised = [f"--{f.name.replace('_', '-')} {getattr(method.options, f.name):g} (default {f.default:g})"
+              for f in dataclasses.fields(method.Options)
+              if isinstance(f.default, float) and getattr(method.options, f.name) > 10 * max(f.default, 1e-12)]
+    advice = [f"bring {', '.join(raised)} back toward the default"] if raised else []
+    advice.append("lower --lr")
+    if learner.grad_clip == 0:
+        advice.append("set --grad-clip")
+    if loop.amp_dtype is not None:
+        advice.append("use --precision fp32")
+    return ", or ".join(advice)
+
+
+def diverged_message(learners: list[Learner]) -> str:
+    gone = [learner.diverged for learner in learners if learner.diverged]
+    return "; ".join(gone) + ("; checkpoints already written are kept: start that run over with the fix (--force, or "
+                              "delete its folder in a pipeline)")
 
 
 @torch.no_grad()

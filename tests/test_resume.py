@@ -3,6 +3,7 @@ a longer schedule when --epochs grows, and a one-line refusal when a setting tha
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 
@@ -61,17 +62,78 @@ def test_changed_settings_are_refused_in_one_line_and_more_epochs_extend_the_sch
         shutil.rmtree(tiny_data / split / "dune")
     assert file_digest(out / "last.pt") == before  # refusals write nothing
 
+    # A run records one recipe: a new peak --lr (or any other setting of the recipe) is refused.
+    assert_one_line_error(cli("teach", "--out", out, "--resume", "--lr", "0.1", "--label-smoothing", "0.1"),
+                          "lr: 0.05 -> 0.1", "label_smoothing: 0.0 -> 0.1")
+    assert file_digest(out / "last.pt") == before
+
     lrs = []
     before_steps_from_epoch(monkeypatch, 1, lambda loop: lrs.append(loop.learners[0].optimizer.param_groups[0]["lr"]))
-    # Harmless changes: more epochs, output, and a new peak --lr (load_state_dict alone would keep the old one).
-    result = cli("teach", "--out", out, "--resume", "--epochs", "4", "--no-quiet", "--lr", "0.1")
+    # Harmless changes: the output, and more epochs (recorded with the epoch they took effect).
+    result = cli("teach", "--out", out, "--resume", "--epochs", "4", "--no-quiet")
     assert result.code == 0, result.err
     assert "epoch 3/4" in result.out and "epoch 4/4" in result.out
     # The first resumed step already follows the cosine over 4 epochs (the 2-epoch one had reached 0).
     warmup = STEPS  # --warmup-epochs 1
-    assert lrs == pytest.approx([0.1 * lr_factor(s, 4 * STEPS, warmup) for s in range(2 * STEPS, 4 * STEPS)],
+    assert lrs == pytest.approx([0.05 * lr_factor(s, 4 * STEPS, warmup) for s in range(2 * STEPS, 4 * STEPS)],
                                 rel=1e-12)
     ck = load_checkpoint(out / "last.pt")
     assert ck["epoch"] == 4 and ck["scheduler"]["last_epoch"] == 4 * STEPS
     assert scalars(out)["accuracy/val"] == [1, 2, 3, 4]
+    change = [{"setting": "epochs", "from": 2, "to": 4, "epoch": 2, "step": 0}]
+    assert ck["changes"] == change
+    for name in ("config.json", "metrics.json"):
+        assert json.loads((out / name).read_text())["changes"] == change
+
+
+@pytest.fixture
+def two_teachers(cli, tiny_data, tmp_path):
+    """Two different teacher checkpoints of the tiny data."""
+    paths = []
+    for seed in (0, 1):
+        out = tmp_path / f"teacher{seed}"
+        assert cli(*run_args("teach", tiny_data, out, 1, "--seed", str(seed))).code == 0
+        paths.append(out / "best.pt")
+    return paths
+
+
+def test_a_resume_refuses_another_teacher_by_content_and_other_method_options(cli, tiny_data, tmp_path,
+                                                                              monkeypatch, two_teachers):
+    first, other = two_teachers
+    taught = tmp_path / "t.pt"
+    shutil.copy(first, taught)
+    out = tmp_path / "student"
+    args = run_args("student", tiny_data, out, 3, "--teacher", taught, "--any-teacher")
+    with monkeypatch.context() as m:
+        signal_after_steps(m, STEPS, signal.SIGINT)  # after epoch 1
+        assert cli(*args).code == 130
+    before = file_digest(out / "last.pt")
+    shutil.copy(other, taught)  # the same path, another teacher
+    assert_one_line_error(cli("student", "--out", out, "--resume", "--teacher", taught, "--any-teacher"),
+                          f"teacher: {taught} is not the checkpoint that taught this run")
+    shutil.copy(first, taught)
+    assert_one_line_error(cli("student", "--out", out, "--resume", "--teacher", taught, "--any-teacher",
+                              "--temperature", "1", "--lr", "0.5"),
+                          "'temperature': 4.0", "'temperature': 1.0", "lr: 0.05 -> 0.5")
+    assert file_digest(out / "last.pt") == before
+    moved = tmp_path / "moved.pt"  # the same teacher elsewhere: fine, and recorded
+    shutil.move(taught, moved)
+    assert cli("student", "--out", out, "--resume", "--teacher", moved, "--any-teacher").code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["changes"] == [{"setting": "teacher", "from": str(taught), "to": str(moved), "epoch": 1, "step": 0}]
+    assert metrics["teacher"]["path"] == str(moved) and len(metrics["teacher"]["sha256"]) == 64
+
+
+def test_a_pipeline_whose_file_changed_does_not_resume_its_stage_with_the_new_recipe(cli, tiny_data, tmp_path,
+                                                                                    monkeypatch):
+    text = ('[common]\nimage_size = 16\nval_size = 6\nbatch_size = 8\nlr = 0.05\ndevice = "cpu"\nepochs = 2\n'
+            '[teacher]\narch = "resnet8"\n[[students]]\narch = "resnet8"\n')
+    config = tmp_path / "p.toml"
+    config.write_text(text)
+    args = ("pipeline", "--config", config, "--data", tiny_data, "--out", tmp_path / "runs", "--quiet")
+    with monkeypatch.context() as m:
+        signal_after_steps(m, 2 * STEPS + 2, signal.SIGINT)  # the teacher's 2 epochs, then 2 group steps
+        assert cli(*args).code == 130
+    config.write_text(text.replace("[[students]]\n", "[[students]]\ntemperature = 1.0\n"))
+    assert_one_line_error(cli(*args), "cannot resume", "student-resnet8-kd", "'temperature': 1.0")
 
