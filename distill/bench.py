@@ -223,7 +223,7 @@ def time_train_steps(opts: BenchOptions, loop) -> tuple[float, float]:
     from distill.train import train_step
 
     idx = torch.randperm(len(loop.train_x), device=loop.device)[:loop.batch_size]
-    return median_step_seconds(lambda i: train_step(loop, loop.train_x[idx], loop.train_y[idx], i),
+    return median_step_seconds(lambda i: train_step(loop, idx, i),
                                opts.device, opts.warmup, opts.steps)
 
 

@@ -23,7 +23,7 @@ from distill.augment_spec import parse_mix
 from distill.data import Splits, channel_stats, default_cache_dir, load_dataset, make_splits
 from distill.errors import UserError
 from distill.evaluation import model_from_checkpoint
-from distill.methods import Method, Outputs, all_option_names, resolve_options
+from distill.methods import Method, Outputs, TrainingSet, all_option_names, resolve_options
 from distill.methods import create as create_method
 from distill.models import WithFeatures, build_model, forward_with_features, make_spec, new_parameter_names
 from distill.runfolder import RunLock, check_out, make_out
@@ -200,8 +200,8 @@ def make_learner(cfg: C.TrainConfig, name: str, spec: dict, stats: tuple, device
     model = build_model(spec, weights).to(device, memory_format=fmt)
     preprocess = Preprocess(*stats, spec["input_size"]).to(device)
     method = make_method(cfg)
-    if method.needs_features:  # the shapes its connectors need: one small batch through both models
-        modules = method.setup(probe.outputs(model, preprocess), probe.teacher_outputs())
+    if method.needs_teacher:  # the shapes its modules need: one small batch through both models
+        modules = method.setup(probe.outputs(model, preprocess), probe.teacher_outputs(), probe.data)
         if modules is not None:
             method.modules = modules.to(device)
     # The configured weights even on resume: they shape the parameter groups the saved optimizer has.
@@ -220,6 +220,7 @@ class Probe:
     images: torch.Tensor  # float [0, 1], on the device
     teacher: TeacherModel | None
     channels_last: bool
+    data: TrainingSet  # what a method keeping one entry per training image needs to know
 
     @torch.no_grad()
     def outputs(self, model: nn.Module, preprocess: Preprocess) -> Outputs:
@@ -231,7 +232,7 @@ class Probe:
 
     def teacher_outputs(self) -> Outputs:
         if self.teacher is None:
-            raise UserError("a feature distillation method needs --teacher CKPT")
+            raise UserError("a distillation method needs --teacher CKPT")
         return self.outputs(unwrap(self.teacher.model), self.teacher.preprocess)
 
 
@@ -323,14 +324,16 @@ def make_loop(cfgs: list[C.TrainConfig], names: list[str], splits: Splits, devic
     lead = cfgs[0]
     channels_last = device.type == "cuda" if lead.channels_last is None else lead.channels_last
     steps = len(splits.train_x) // lead.batch_size
-    probe = Probe(to_float(splits.train_x[:2].to(device)), teacher, channels_last)
+    train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
+    data = TrainingSet(len(train_x), train_y, device, dist_util.all_gather_cat)
+    probe = Probe(to_float(train_x[:2]), teacher, channels_last, data)
     learners = [make_learner(cfg, name, learner_spec(cfg, splits), (norm["mean"], norm["std"]), device,
                              channels_last, steps, pretrained=new, probe=probe)
                 for cfg, name, norm, new in zip(cfgs, names, norms, fresh)]
     if teacher is not None and any(learner.method.needs_features for learner in learners):
         teacher = TeacherModel(WithFeatures(teacher.model), teacher.preprocess)  # its features, once a step
     return Loop(learners=learners, augment=GpuAugment(parse_augment(lead.augment), len(splits.classes)),
-                train_x=splits.train_x.to(device), train_y=splits.train_y.to(device), batch_size=lead.batch_size,
+                train_x=train_x, train_y=train_y, batch_size=lead.batch_size,
                 seed=lead.seed, epochs=lead.epochs, device=device, amp_dtype=amp_dtype(lead, device),
                 channels_last=channels_last,
                 teacher=teacher, rank=rank, world_size=world)

@@ -112,6 +112,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every process's `t` (same shape on each), concatenated along dim 0 in rank order; `t` itself alone."""
+    if not dist.is_initialized():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

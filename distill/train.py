@@ -26,7 +26,7 @@ from distill.augment import GpuAugment, Preprocess, mix, to_float
 from distill.augment_spec import Mixing
 from distill.distributed import all_reduce_sum, any_rank
 from distill.errors import UserError
-from distill.methods import Method, Outputs
+from distill.methods import Batch, Method, Outputs
 
 FINITE_CHECK_EVERY = 50  # steps between host syncs that look for a non-finite loss
 STOP_SYNC_EVERY = 10  # under torchrun, steps between the ranks' agreement on a stop request
@@ -205,13 +205,13 @@ def as_outputs(result) -> Outputs:
     return Outputs(*result) if isinstance(result, tuple) else Outputs(result)
 
 
-def learner_step(loop: Loop, learner: Learner, x: Tensor, targets: Tensor, teacher: Outputs | None,
-                 progress: float) -> tuple[Tensor, Tensor]:
+def learner_step(loop: Loop, learner: Learner, x: Tensor, teacher: Outputs | None,
+                 batch: Batch) -> tuple[Tensor, Tensor]:
     """One optimizer step of one learner; returns its detached loss and its count of correct top-1."""
     with autocast(loop.device, loop.amp_dtype):
         out = forward(loop, learner.model, model_input(x, learner.preprocess, loop.channels_last))
-    loss, _ = learner.method(out, teacher, targets, progress)  # read before any other compiled call
-    correct = (out.logits.detach().argmax(1) == targets.argmax(1)).sum()
+    loss, _ = learner.method(out, teacher, batch)  # read before any other compiled call
+    correct = (out.logits.detach().argmax(1) == batch.targets.argmax(1)).sum()
     learner.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if learner.grad_clip > 0:
@@ -223,17 +223,31 @@ def learner_step(loop: Loop, learner: Learner, x: Tensor, targets: Tensor, teach
     return loss.detach(), correct
 
 
-def train_step(loop: Loop, x_u8: Tensor, y: Tensor, index: int) -> list[tuple[Tensor, Tensor]]:
-    """Step `index` of the run (0-based, over all epochs): augment once, run the teacher once per batch a
-    distilling learner sees, step every learner; (loss, correct) per learner."""
-    batches = views(loop, *loop.augment(x_u8, y), index)
+def train_step(loop: Loop, positions: Tensor, index: int) -> list[tuple[Tensor, Tensor]]:
+    """Step `index` of the run (0-based, over all epochs) on the training images at `positions`: augment once,
+    run the teacher once per batch a distilling learner sees, step every learner; (loss, correct) per learner."""
+    batches = views(loop, *loop.augment(loop.train_x[positions], loop.train_y[positions]), index)
     taught = {learner.mix for learner in loop.learners
               if learner.method.needs_teacher and not learner.diverged and loop.teacher is not None}
     teacher = {key: teacher_outputs(loop, batches[key][0]) for key in batches if key in taught}
     progress = index / max(1, loop.total_steps)  # the share of the run done, for methods that ramp a weight
     idle = (torch.zeros((), device=loop.device), torch.zeros((), device=loop.device, dtype=torch.long))
-    return [idle if learner.diverged else learner_step(loop, learner, *batches[learner.mix], teacher.get(learner.mix),
-                                                       progress) for learner in loop.learners]
+    results = []
+    for learner in loop.learners:
+        x, targets = batches[learner.mix]
+        batch = Batch(targets, progress, positions, method_stream(loop, learner, index))
+        results.append(idle if learner.diverged else learner_step(loop, learner, x, teacher.get(learner.mix), batch))
+    return results
+
+
+def method_stream(loop: Loop, learner: Learner, index: int) -> torch.Generator | None:
+    """A random stream for a method that draws (CRD's negatives), seeded by (seed, step, method) alone: the
+    same draws in any group and after a resume, and torch's global stream untouched."""
+    if not learner.method.draws:
+        return None
+    gen = torch.Generator(device=loop.device)
+    gen.manual_seed((loop.seed * 1_000_003 + index) * 1_000_033 + zlib.crc32(learner.method.name.encode()))
+    return gen
 
 
 def rank_batch(perm: Tensor, step: int, loop: Loop) -> Tensor:
@@ -254,7 +268,7 @@ def train_one_epoch(loop: Loop, epoch: int, start_step: int = 0, hooks: Hooks | 
     seen, step, started = 0, start_step, time.perf_counter()
     while step < steps and not stop_now(loop, step, hooks):
         idx = rank_batch(perm, step, loop)
-        for i, (loss, right) in enumerate(train_step(loop, loop.train_x[idx], loop.train_y[idx], epoch * steps + step)):
+        for i, (loss, right) in enumerate(train_step(loop, idx, epoch * steps + step)):
             loss_sum[i] += loss * len(idx)
             correct[i] += right
         seen += len(idx)

@@ -66,10 +66,10 @@ def before_steps_from_epoch(monkeypatch, epoch: int, hook: Callable) -> None:
     """Call hook(loop) before every training step from epoch `epoch` (1-based) on."""
     real = train_mod.train_step
 
-    def step(loop, x, y, index):
+    def step(loop, positions, index):
         if index >= (epoch - 1) * loop.steps_per_epoch:
             hook(loop)
-        return real(loop, x, y, index)
+        return real(loop, positions, index)
 
     monkeypatch.setattr(train_mod, "train_step", step)
 

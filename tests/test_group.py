@@ -223,12 +223,12 @@ def test_each_learner_of_a_group_has_its_method_its_ema_over_the_whole_run_and_a
 def test_a_member_diverging_by_its_own_method_weight_is_named_and_the_others_finish(teacher, tmp_path, capsys):
     cfgs = configs(teacher, tmp_path / "g", precision="fp32")
     cfgs[1] = C.resolve(C.StudentConfig, {}, {**C.to_dict(cfgs[1]), "config": None, "method": "fitnet",
-                                              "feature_weight": 1e30})
+                                              "hint_weight": 1e30})
     with pytest.raises(UserError) as err:
         train_group(cfgs)
     message = str(err.value)
     assert "training loss of dkd became non-finite in epoch 1" in message
-    assert "--feature-weight 1e+30 (default 100)" in message and "--precision fp32" not in message
+    assert "--hint-weight 1e+30 (default 100)" in message and "--precision fp32" not in message
     assert "\n" not in message and err.value.exit_code == 2
     assert not (tmp_path / "g" / "dkd" / "metrics.json").exists()  # no checkpoint of diverged weights either
     assert not (tmp_path / "g" / "dkd" / "last.pt").exists()

@@ -1,9 +1,11 @@
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from distill.errors import UserError
-from distill.methods import METHODS, Outputs, create, soft_cross_entropy
+from distill.methods import METHODS, Batch, Outputs, create, soft_cross_entropy
 
 B, C = 16, 10
 
@@ -31,7 +33,7 @@ def make(name: str, label_smoothing: float = 0.0, **options):
 
 def call(method, s, t, y, progress: float = 1.0):
     """A logits-only method on (student, teacher) logits, as the loop calls it with Outputs."""
-    return method(Outputs(s), None if t is None else Outputs(t), y, progress)
+    return method(Outputs(s), None if t is None else Outputs(t), Batch(y, progress))
 
 
 def total(name: str, s, t, y, progress: float = 1.0, **kw) -> torch.Tensor:
@@ -64,23 +66,23 @@ def test_kd_matches_hand_formula():
     kl = (p_t * (torch.log_softmax(t / temp, dim=1) - torch.log_softmax(s / temp, dim=1))).sum(1)
     ce = -(y * torch.log_softmax(s, dim=1)).sum(1)
     expected = ((1 - alpha) * ce + alpha * temp**2 * kl).mean()
-    torch.testing.assert_close(total("kd", s, t, y, temperature=temp, alpha=alpha), expected)
+    torch.testing.assert_close(total("kd", s, t, y, temperature=temp, kd_weight=alpha), expected)
 
 
 def test_kd_is_zero_when_student_equals_teacher_at_alpha_one():
     s = logits()
-    assert total("kd", s, s.clone(), mixed_targets(), alpha=1.0).abs() < 1e-6
+    assert total("kd", s, s.clone(), mixed_targets(), kd_weight=1.0).abs() < 1e-6
 
 
 def test_kd_alpha_zero_is_cross_entropy():
     s, t, y = logits(), logits(), mixed_targets()
-    torch.testing.assert_close(total("kd", s, t, y, alpha=0.0), soft_cross_entropy(s, y))
+    torch.testing.assert_close(total("kd", s, t, y, kd_weight=0.0), soft_cross_entropy(s, y))
 
 
 def test_kd_is_batchmean():
     s, t, y = logits(), logits(), mixed_targets()
-    doubled = total("kd", s.repeat(2, 1), t.repeat(2, 1), y.repeat(2, 1), alpha=1.0)
-    torch.testing.assert_close(doubled, total("kd", s, t, y, alpha=1.0))
+    doubled = total("kd", s.repeat(2, 1), t.repeat(2, 1), y.repeat(2, 1), kd_weight=1.0)
+    torch.testing.assert_close(doubled, total("kd", s, t, y, kd_weight=1.0))
 
 
 def test_kd_t_squared_keeps_gradient_scale():
@@ -90,7 +92,7 @@ def test_kd_t_squared_keeps_gradient_scale():
 
     def grad_norm(temp: float) -> float:
         s_ = s.clone().requires_grad_()
-        total("kd", s_, t, y, alpha=1.0, temperature=temp).backward()
+        total("kd", s_, t, y, kd_weight=1.0, temperature=temp).backward()
         return s_.grad.norm().item()
 
     assert grad_norm(8.0) / grad_norm(4.0) == pytest.approx(1.0, rel=0.1)
@@ -117,7 +119,7 @@ def dkd_reference(s, t, y, temp, alpha, beta):
 @pytest.mark.parametrize("temp,alpha,beta", [(4.0, 1.0, 8.0), (1.0, 0.5, 2.0)])
 def test_dkd_matches_per_sample_reference(temp, alpha, beta):
     s, t, y = logits().double(), logits().double(), mixed_targets().double()
-    got = total("dkd", s, t, y, temperature=temp, alpha=alpha, beta=beta, kd_warmup=0.1)
+    got = total("dkd", s, t, y, temperature=temp, tckd_weight=alpha, nckd_weight=beta, kd_warmup=0.1)
     torch.testing.assert_close(got.double(), dkd_reference(s, t, y, temp, alpha, beta))
 
 
@@ -138,7 +140,7 @@ def test_kd_decomposes_into_tckd_and_nckd(temp):
         s, t = logits(batch=1).double(), logits(batch=1).double()
         y = one_hot(torch.randint(C, (1,))).double()
         _, parts = call(make("dkd", temperature=temp), s, t, y)
-        kd = total("kd", s, t, y, temperature=temp, alpha=1.0)
+        kd = total("kd", s, t, y, temperature=temp, kd_weight=1.0)
         p_target = torch.softmax(t / temp, dim=1)[0, y.argmax()]
         torch.testing.assert_close(kd, parts["tckd"] + (1 - p_target) * parts["nckd"])
 
@@ -152,19 +154,47 @@ def test_dkd_is_finite_for_confident_logits():
 
 
 def test_registry_names_and_unknown_name():
-    assert list(METHODS) == ["none", "kd", "dkd", "dist", "fitnet", "at"]
-    with pytest.raises(UserError, match="none, kd, dkd, dist, fitnet, at"):
-        make("crd")
+    assert list(METHODS) == ["none", "kd", "at", "crd", "dist", "dkd", "fitnet"]
+    with pytest.raises(UserError, match="none, kd, at, crd, dist, dkd, fitnet"):
+        make("rkd")
+
+
+def test_a_method_file_dropped_into_the_folder_is_found_without_editing_an_import_line(tmp_path, monkeypatch):
+    import distill.methods as methods
+
+    (tmp_path / "zero.py").write_text(
+        "from distill.methods import register\nfrom distill.methods.base import Method\n\n\n@register\n"
+        "class Zero(Method):\n    name = 'zero'\n    summary = 'a test method'\n\n"
+        "    def loss(self, student, teacher, batch):\n        return 0 * student.logits.sum(), {}\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))  # the registry as it was, after the test
+    methods.discover()
+    assert list(methods.METHODS)[:2] == ["none", "kd"] and "zero" in methods.METHODS
+    monkeypatch.delitem(sys.modules, "distill.methods.zero")
+
+
+def test_a_flag_shared_by_methods_means_the_same_thing_in_each():
+    """--alpha once meant KD's weight in kd and TCKD's in dkd: a name two methods declare must share its help."""
+    import dataclasses
+
+    declared: dict[str, set[str]] = {}
+    for cls in METHODS.values():
+        for f in dataclasses.fields(cls.Options):
+            declared.setdefault(f.name, set()).add(f.metadata["help"])
+    assert {name: helps for name, helps in declared.items() if len(helps) > 1} == {}
+    assert len([cls for cls in METHODS.values() if "temperature" in cls.Options.__dataclass_fields__]) >= 3
 
 
 def test_a_method_refuses_options_it_does_not_take_and_fills_the_rest_with_its_defaults():
-    with pytest.raises(UserError, match=r"--beta does not apply to --method kd \(it takes --temperature, --alpha\)"):
-        make("kd", beta=4.0)
-    assert make("kd", temperature=2.0).option_values() == {"temperature": 2.0, "alpha": 0.9}
-    assert make("dkd").option_values() == {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "kd_warmup": 0.0833}
+    with pytest.raises(UserError, match=r"--nckd-weight does not apply to --method kd \(it takes --temperature, "
+                                        r"--kd-weight\)"):
+        make("kd", nckd_weight=4.0)
+    assert make("kd", temperature=2.0).option_values() == {"temperature": 2.0, "kd_weight": 0.9}
+    assert make("dkd").option_values() == {"temperature": 4.0, "tckd_weight": 1.0, "nckd_weight": 8.0,
+                                           "kd_warmup": 0.0833}
     needs = {name: (cls.needs_teacher, cls.needs_features) for name, cls in METHODS.items()}
     assert needs == {"none": (False, False), "kd": (True, False), "dkd": (True, False), "dist": (True, False),
-                     "fitnet": (True, True), "at": (True, True)}
+                     "fitnet": (True, True), "at": (True, True), "crd": (True, True)}
 
 
 def test_none_is_label_smoothed_ce_without_teacher():
@@ -184,11 +214,11 @@ def test_parts_are_detached():
     "name,kw,word",
     [
         ("kd", {"temperature": 0.0}, "temperature"),
-        ("kd", {"alpha": 1.5}, "alpha"),
-        ("kd", {"alpha": -0.1}, "alpha"),
+        ("kd", {"kd_weight": 1.5}, "kd-weight"),
+        ("kd", {"kd_weight": -0.1}, "kd-weight"),
         ("dkd", {"temperature": -1.0}, "temperature"),
-        ("dkd", {"alpha": -1.0}, "alpha"),
-        ("dkd", {"beta": -1.0}, "beta"),
+        ("dkd", {"tckd_weight": -1.0}, "tckd-weight"),
+        ("dkd", {"nckd_weight": -1.0}, "nckd-weight"),
     ],
 )
 def test_bad_hyperparameters_raise_user_error(name, kw, word):
@@ -206,7 +236,7 @@ def test_bf16_autocast_computes_in_float32(name):
     torch.testing.assert_close(loss, reference, rtol=2e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize(("name", "ce_weight", "kw"), [("kd", 1 - 0.9, {"alpha": 0.9}), ("dkd", 1.0, {}),
+@pytest.mark.parametrize(("name", "ce_weight", "kw"), [("kd", 1 - 0.9, {"kd_weight": 0.9}), ("dkd", 1.0, {}),
                                                        ("dist", 1.0, {})])
 def test_the_students_ce_term_honours_the_configured_label_smoothing(name, ce_weight, kw):
     """The KD term is unchanged and the CE term is exactly F.cross_entropy with that smoothing."""

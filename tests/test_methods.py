@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from distill.checkpoint import load_checkpoint
 from distill.errors import UserError
-from distill.methods import Outputs, create
+from distill.methods import Batch, Outputs, create
 from runhelpers import assert_same, run_args, signal_after_steps
 
 B, C = 12, 10
@@ -48,8 +48,8 @@ def dist_reference(z_s, z_t, tau, beta, gamma):
 def test_dist_matches_the_papers_correlations(tau, beta, gamma):
     z_s, z_t, labels = torch.randn(B, C, dtype=torch.float64) * 3, torch.randn(B, C, dtype=torch.float64) * 3, \
         torch.randint(C, (B,))
-    method = create("dist", {"temperature": tau, "beta": beta, "gamma": gamma})
-    loss, parts = method(Outputs(z_s), Outputs(z_t), one_hot(labels), 1.0)
+    method = create("dist", {"temperature": tau, "inter_weight": beta, "intra_weight": gamma})
+    loss, parts = method(Outputs(z_s), Outputs(z_t), Batch(one_hot(labels), 1.0))
     expected = F.cross_entropy(z_s, labels) + dist_reference(z_s, z_t, tau, beta, gamma)
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
     assert set(parts) == {"ce", "inter", "intra"}
@@ -57,7 +57,7 @@ def test_dist_matches_the_papers_correlations(tau, beta, gamma):
 
 def test_dist_vanishes_when_the_student_matches_the_teachers_relations():
     z = torch.randn(B, C, dtype=torch.float64)
-    _, parts = create("dist")(Outputs(z), Outputs(z.clone()), one_hot(torch.randint(C, (B,))), 1.0)
+    _, parts = create("dist")(Outputs(z), Outputs(z.clone()), Batch(one_hot(torch.randint(C, (B,))), 1.0))
     # not exactly 0: the reference's 1e-8 guard in the denominator, against T^2 = 16 and soft probabilities
     assert parts["inter"].abs() < 1e-3 and parts["intra"].abs() < 1e-3
 
@@ -76,8 +76,8 @@ def test_attention_transfer_pairs_stages_by_resolution_and_matches_the_paper():
     teacher = features((256, 512, 1024, 2048), (32, 16, 8, 4))  # a ResNet50 with the CIFAR stem: one stage more
     labels = torch.randint(C, (B,))
     logits_s, logits_t = torch.randn(B, C, dtype=torch.float64), torch.randn(B, C, dtype=torch.float64)
-    method = create("at", {"p": 2.0, "feature_weight": 1000.0})
-    loss, parts = method(Outputs(logits_s, student), Outputs(logits_t, teacher), one_hot(labels), 1.0)
+    method = create("at", {"attention_p": 2.0, "attention_weight": 1000.0})
+    loss, parts = method(Outputs(logits_s, student), Outputs(logits_t, teacher), Batch(one_hot(labels), 1.0))
     pairs = zip(student[1:-1], teacher[1:4])  # 32<->32, 16<->16, 8<->8; the teacher's 4x4 stage unused
     transfer = sum(((attention_reference(s, 2.0) - attention_reference(t, 2.0)) ** 2).mean() for s, t in pairs)
     torch.testing.assert_close(parts["attention"], transfer)
@@ -88,7 +88,7 @@ def test_attention_transfer_pools_the_larger_map_when_no_stage_matches():
     student, teacher = features((8,), (16,)), features((4,), (8,))
     method = create("at")
     _, parts = method(Outputs(torch.zeros(B, C), student), Outputs(torch.zeros(B, C), teacher),
-                      one_hot(torch.randint(C, (B,))), 1.0)
+                      Batch(one_hot(torch.randint(C, (B,))), 1.0))
     pooled = F.adaptive_avg_pool2d(student[1], 8)
     expected = ((attention_reference(pooled, 2.0) - attention_reference(teacher[1], 2.0)) ** 2).mean()
     torch.testing.assert_close(parts["attention"], expected.float(), check_dtype=False)
@@ -100,14 +100,14 @@ def test_attention_transfer_pools_the_larger_map_when_no_stage_matches():
 def test_fitnet_regresses_the_teacher_stage_of_the_hint_stages_resolution_through_a_trained_connector():
     student = features((16, 32, 64), (32, 16, 8))
     teacher = features((256, 512, 1024, 2048), (32, 16, 8, 4))
-    method = create("fitnet", {"hint_stage": 2, "feature_weight": 100.0})
-    connector = method.setup(Outputs(None, student), Outputs(None, teacher)).double()
+    method = create("fitnet", {"hint_stage": 2, "hint_weight": 100.0})
+    connector = method.setup(Outputs(None, student), Outputs(None, teacher), None).double()
     conv, bn = connector[0], connector[1]
     # mdistiller's ConvReg for maps of one size: a 1x1 conv with bias
     assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (32, 512, (1, 1)) and conv.bias is not None
     assert bn.num_features == 512
     labels, logits = torch.randint(C, (B,)), torch.randn(B, C, dtype=torch.float64, requires_grad=True)
-    loss, parts = method(Outputs(logits, student), Outputs(torch.randn(B, C), teacher), one_hot(labels), 1.0)
+    loss, parts = method(Outputs(logits, student), Outputs(torch.randn(B, C), teacher), Batch(one_hot(labels), 1.0))
     hint = ((connector(student[2]) - teacher[2]) ** 2).mean()  # stage 2 (16x16) -> the teacher's 16x16 stage
     torch.testing.assert_close(parts["hint"], hint)
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels) + 100.0 * hint)
@@ -132,7 +132,7 @@ def test_fitnet_connector_follows_mdistillers_rule_for_other_sizes(student_size,
 def test_fitnet_refuses_a_hint_stage_the_student_does_not_have():
     with pytest.raises(UserError, match="--hint-stage 4 does not exist: the student has 3 stages"):
         create("fitnet", {"hint_stage": 4}).setup(Outputs(None, features((4, 8, 16), (8, 4, 2))),
-                                                   Outputs(None, features((4, 8), (8, 4))))
+                                                   Outputs(None, features((4, 8), (8, 4))), None)
 
 
 # --- through a real run -------------------------------------------------------------------------------
@@ -194,11 +194,11 @@ def test_the_readmes_example_method_registers_and_computes_its_loss():
     sys.modules[module.__name__] = module
     try:
         exec(compile(code, "README example", "exec"), module.__dict__)
-        method = create("cosine", {"weight": 2.0})
+        method = create("cosine", {"cosine_weight": 2.0})
         z = torch.randn(B, C)
-        loss, parts = method(Outputs(z), Outputs(z.clone()), one_hot(torch.randint(C, (B,))).float(), 1.0)
+        loss, parts = method(Outputs(z), Outputs(z.clone()), Batch(one_hot(torch.randint(C, (B,))).float(), 1.0))
         assert parts["cosine"].abs() < 1e-6 and torch.allclose(loss, parts["ce"])  # a perfect copy costs only CE
-        assert method.option_values() == {"temperature": 4.0, "weight": 2.0}
+        assert method.option_values() == {"temperature": 4.0, "cosine_weight": 2.0}
     finally:
         METHODS.pop("cosine", None)
         sys.modules.pop(module.__name__, None)

@@ -139,7 +139,7 @@ GOOD = '[teacher]\narch = "resnet8"\n[[students]]\narch = "resnet8"\n'
     ('[teacher]\narch = "resnet8"\ntemperature = 2.0\n[[students]]\narch = "resnet8"\n',
      r"\[teacher\]: unknown key 'temperature'"),
     (GOOD + 'temprature = 4.0\n', r"\[\[students\]\] #1: unknown key 'temprature'"),
-    (GOOD + 'alpha = "high"\n', r"\[\[students\]\] #1: 'alpha' must be float"),
+    (GOOD + 'kd_weight = "high"\n', r"\[\[students\]\] #1: 'kd_weight' must be float"),
     ('[[students]]\narch = "resnet20"\n', r"no \[teacher\] table"),
     ('[teacher]\narch = "resnet8"\n', r"no \[\[students\]\] entries"),
     ('[teacher]\n[[students]]\nmethod = "kd"\n', r"#1: no 'arch'"),
@@ -163,7 +163,7 @@ def test_bad_config_on_the_command_line_is_one_line_and_exit_2(tmp_path, cli):
 
 def test_plan_names_stages_and_command_line_beats_the_file(tmp_path):
     text = ('baselines = true\n[common]\ndevice = "cuda"\n[teacher]\narch = "resnet18"\n'
-            '[[students]]\narch = "resnet20"\n[[students]]\narch = "resnet20"\nmethod = "dkd"\nbeta = 4.0\n'
+            '[[students]]\narch = "resnet20"\n[[students]]\narch = "resnet20"\nmethod = "dkd"\nnckd_weight = 4.0\n'
             '[[students]]\narch = "resnet8x4"\n')
     pipe = load_pipeline(write(tmp_path / "plan.toml", text), {"device": "cpu", "data": "d"})
     assert pipe.out == Path("runs/plan")

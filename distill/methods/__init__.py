@@ -1,17 +1,20 @@
 """The distillation methods, by name: one file each in this folder, registered with `@register`.
 
-Adding a method touches one file here (plus its test): a `Method` subclass with its `Options`, its `loss`
-and, if it trains modules of its own, `setup`. Nothing here imports torch (distill.lazy), so the command
-line can list methods and check their options before torch is imported.
+Adding a method is one file here (plus its test): a `Method` subclass with its `Options`, its `loss` and, if
+it keeps modules of its own, `setup`. The folder is scanned at import, so no line here names it. Nothing here
+imports torch (distill.lazy), so the command line can list methods and check their options before torch is
+imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 import typing
 
 from distill.errors import UserError
-from distill.methods.base import Method, Outputs, soft_cross_entropy
+from distill.methods.base import Batch, Method, Outputs, TrainingSet, soft_cross_entropy
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -32,10 +35,6 @@ def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise UserError(f"unknown --method '{name}': choose one of {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def option_fields(name: str) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(method_class(name).Options))
 
 
 def all_option_names() -> tuple[str, ...]:
@@ -73,8 +72,17 @@ def option_type(name: str) -> type:
     raise KeyError(name)
 
 
-# Imported last: each registers itself. Order = the order of --method's choices and the README table.
-from distill.methods import none, kd, dkd, dist, fitnet, at  # noqa: E402,F401
+def discover() -> None:
+    """Import every module of this folder (each registers its method), then order the methods as --method
+    lists them: the baseline, plain KD, then the others by name."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+    order = sorted(METHODS, key=lambda name: (name != "none", name != "kd", name))
+    METHODS.update({name: METHODS.pop(name) for name in order})
 
-__all__ = ["METHODS", "Method", "Outputs", "create", "method_names", "method_class", "register",
-           "resolve_options", "all_option_names", "option_fields", "soft_cross_entropy"]
+
+discover()
+
+__all__ = ["METHODS", "Batch", "Method", "Outputs", "TrainingSet", "create", "method_names", "method_class", "register",
+           "resolve_options", "all_option_names", "soft_cross_entropy"]

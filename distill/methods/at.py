@@ -3,7 +3,7 @@
 Each stage's spatial attention map, a(f) = normalize(mean over channels of |f|^p, flattened), of the
 student is pulled towards the teacher's at the same resolution:
 
-    loss = CE + feature_weight * sum over student stages of mean((a(f_s) - a(f_t))^2),
+    loss = CE + attention_weight * sum over student stages of mean((a(f_s) - a(f_t))^2),
 
 as RepDistiller and mdistiller compute it (p = 2, weight 1000 on CIFAR). Each student stage is paired
 with the teacher stage of its spatial size (a ResNet50 has a fourth, smaller stage the student lacks).
@@ -31,16 +31,16 @@ class AT(Method):
 
     @dataclass
     class Options:
-        p: float = opt(2.0, "Exponent of the attention map: mean over channels of |f|^p (the paper's 2).",
-                       within=POSITIVE)
-        feature_weight: float = opt(1000.0, "Weight of the attention loss, summed over stages; CE keeps weight 1 "
-                                            "(RepDistiller's and mdistiller's CIFAR value).", within=NON_NEGATIVE)
+        attention_p: float = opt(2.0, "Exponent p of the attention map: mean over channels of |f|^p (the paper's 2).",
+                                 within=POSITIVE)
+        attention_weight: float = opt(1000.0, "Weight of the attention loss, summed over stages; CE keeps weight 1 "
+                                              "(RepDistiller's and mdistiller's CIFAR value).", within=NON_NEGATIVE)
 
-    def loss(self, student, teacher, targets, progress):
-        p, transfer = self.options.p, 0.0
+    def loss(self, student, teacher, batch):
+        p, transfer = self.options.attention_p, 0.0
         for f_s in student.stages:
             f_t = teacher.stages[matching_stage(f_s.shape, teacher.stages)]
             size = min(tuple(f_s.shape[-2:]), tuple(f_t.shape[-2:]))  # pool the larger, as RepDistiller does
             transfer = transfer + (attention(resize_to(f_s, size), p) - attention(resize_to(f_t, size), p)).pow(2).mean()
-        ce = self.ce(student.logits, targets)
-        return ce + self.options.feature_weight * transfer, {"ce": ce, "attention": transfer}
+        ce = self.ce(student.logits, batch.targets)
+        return ce + self.options.attention_weight * transfer, {"ce": ce, "attention": transfer}

@@ -1,11 +1,13 @@
 """What a distillation method is: its options, its loss, and the modules it trains (connectors, heads).
 
-A method is one file in distill/methods/ with one `Method` subclass registered by `@register`. It
-declares its options in a nested `Options` dataclass (default, help and valid range per field, next to
-the loss that uses them); the command line, config files, the pipeline's baselines, checkpoints and
-TensorBoard read them from there. It sees the student's and the teacher's `Outputs` (logits, and the
-stage features when it sets `needs_features`), may own trainable modules (`setup`), and returns its loss
-and named parts. The training loop never changes for a new method.
+A method is one file in distill/methods/ with one `Method` subclass registered by `@register` (the folder
+is scanned: no import line to add). It declares its options in a nested `Options` dataclass (default, help
+and valid range per field, next to the loss that uses them); the command line, config files, the
+pipeline's baselines, checkpoints and TensorBoard read them from there. It sees the student's and the
+teacher's `Outputs` (logits, and the stage features when it sets `needs_features`) and the `Batch` (targets,
+progress, the images' positions in the training set, a random stream of the step), may own modules built
+once from the shapes and the `TrainingSet` (`setup`: trainable heads, memory buffers), and returns its loss
+and named parts. It never sees a network. The training loop never changes for a new method.
 
 Every loss is computed in float32 with autocast off, so bf16 logits do not degrade the softmax/KL.
 """
@@ -17,7 +19,22 @@ from typing import Any, ClassVar, NamedTuple
 
 from distill.lazy import F, nn, torch
 
-Parts = dict  # name -> detached scalar tensor, for logging
+class Batch(NamedTuple):
+    """What a method knows of a step besides the models' outputs."""
+
+    targets: Any  # (B, C) probabilities: one-hot, or MixUp/CutMix-mixed
+    progress: float  # the share of the run done, in [0, 1]: a weight ramped over a share scales with the run
+    indices: Any = None  # (B,) positions of these images in the training set (this process's shard of the batch)
+    generator: Any = None  # a random stream of this step for methods that draw (`draws`): the same in any group
+
+
+class TrainingSet(NamedTuple):
+    """What `setup` knows of the data: for methods that keep one entry per training image (memory banks)."""
+
+    size: int  # images in the training set (positions in `Batch.indices` are below it)
+    labels: Any  # (size,) int64 class of each image, on `device`
+    device: Any
+    gather: Any = None  # tensor -> the same tensor of every process, concatenated (one process: itself)
 
 
 class Outputs(NamedTuple):
@@ -66,11 +83,9 @@ class NoOptions:
 
 
 class Method:
-    """A distillation loss: `method(student, teacher, targets, progress) -> (total, parts)`.
+    """A distillation loss: `method(student, teacher, batch) -> (total, parts)`.
 
-    `student`/`teacher` are `Outputs`; `targets` are (B, C) probabilities; `progress` is the share of the
-    run done, in [0, 1] (a weight ramped over a share of the run scales with the schedule). `parts` holds
-    detached components for logging.
+    `student`/`teacher` are `Outputs`, `batch` a `Batch`. `parts` holds detached components for logging.
     """
 
     name: ClassVar[str] = ""
@@ -78,6 +93,7 @@ class Method:
     Options: ClassVar[type] = NoOptions
     needs_teacher: ClassVar[bool] = True
     needs_features: ClassVar[bool] = False
+    draws: ClassVar[bool] = False  # its loss draws random numbers (from `Batch.generator`)
 
     def __init__(self, options: Any = None, label_smoothing: float = 0.0):
         self.options = options if options is not None else self.Options()
@@ -88,23 +104,24 @@ class Method:
         """The options this method runs with, its defaults included (for metrics, checkpoints, HPARAMS)."""
         return dataclasses.asdict(self.options)
 
-    def setup(self, student: Outputs, teacher: Outputs):
-        """Build the method's trainable modules from one batch's outputs (their feature shapes); None if it
-        has none. Their parameters train with the student's, and checkpoints save and restore them."""
+    def setup(self, student: Outputs, teacher: Outputs, data: TrainingSet):
+        """Build the method's modules from one batch's outputs (their feature shapes) and the training set;
+        None if it has none. Their parameters train with the student's; checkpoints save and restore their
+        whole state (buffers too)."""
         return None
 
-    def __call__(self, student: Outputs, teacher: Outputs | None, targets, progress: float):
+    def __call__(self, student: Outputs, teacher: Outputs | None, batch: Batch):
         if self.needs_teacher and teacher is None:
             raise ValueError(f"{type(self).__name__} needs the teacher's outputs")
         with fp32_region(student.logits):
             total, parts = self.loss(as_fp32(student), None if teacher is None else as_fp32(teacher, detach=True),
-                                     fp32(targets), progress)
+                                     batch._replace(targets=fp32(batch.targets)))
         return total, {k: v.detach() for k, v in parts.items()}
 
     def ce(self, logits, targets):
         return soft_cross_entropy(logits, targets, self.label_smoothing)
 
-    def loss(self, student: Outputs, teacher: Outputs | None, targets, progress: float):
+    def loss(self, student: Outputs, teacher: Outputs | None, batch: Batch):
         """Float32 outputs in, (total loss, parts) out."""
         raise NotImplementedError
 
@@ -130,9 +147,13 @@ def matching_stage(shape, teacher_stages: list) -> int:
     return min(range(len(sizes)), key=lambda i: (abs(sizes[i] - shape[-1]), i))
 
 
-def parameters_of(modules) -> list:
-    return [] if modules is None else list(modules.parameters())
+def temperature_option(default: float = 4.0):
+    """The softmax temperature T of a method's distillation terms: one meaning wherever a method takes it."""
+    from distill.options import POSITIVE, opt
+
+    return opt(default, "Softmax temperature T of the distillation terms (T = 4: the usual CIFAR value).",
+               within=POSITIVE)
 
 
-__all__ = ["Method", "NoOptions", "Outputs", "F", "nn", "torch", "kl", "soft_cross_entropy", "resize_to",
-           "matching_stage", "parameters_of"]
+__all__ = ["Batch", "Method", "NoOptions", "Outputs", "TrainingSet", "F", "nn", "torch", "kl", "soft_cross_entropy",
+           "resize_to", "matching_stage", "temperature_option"]

@@ -5,7 +5,8 @@ the Pearson correlation of its class probabilities with the teacher's (inter-cla
 correlation over the batch (intra-class):
 
     y = softmax(z / T);  inter = 1 - mean_i pearson(y_s[i, :], y_t[i, :]);
-    intra = 1 - mean_c pearson(y_s[:, c], y_t[:, c]);  loss = CE + T^2 (beta inter + gamma intra).
+    intra = 1 - mean_c pearson(y_s[:, c], y_t[:, c]);  loss = CE + T^2 (beta inter + gamma intra),
+the paper's beta and gamma being --inter-weight and --intra-weight.
 
 Meant for stronger teachers (a ResNet50 teaching a resnet20), whose exact probabilities a small
 student cannot match. Defaults T = 4, beta = gamma = 1 as in the public CIFAR ports of the authors' code.
@@ -16,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distill.methods import register
-from distill.methods.base import Method
-from distill.options import NON_NEGATIVE, POSITIVE, opt
+from distill.methods.base import Method, temperature_option
+from distill.options import NON_NEGATIVE, opt
 
 EPS = 1e-8  # the reference implementation's guard against a zero norm
 
@@ -35,15 +36,16 @@ class DIST(Method):
 
     @dataclass
     class Options:
-        temperature: float = opt(4.0, "Softmax temperature T of the relation terms.", within=POSITIVE)
-        beta: float = opt(1.0, "Weight of the inter-class relation (per image, across classes).", within=NON_NEGATIVE)
-        gamma: float = opt(1.0, "Weight of the intra-class relation (per class, across the batch).",
-                           within=NON_NEGATIVE)
+        temperature: float = temperature_option()
+        inter_weight: float = opt(1.0, "Weight of the inter-class relation, per image across classes (the paper's "
+                                       "beta).", within=NON_NEGATIVE)
+        intra_weight: float = opt(1.0, "Weight of the intra-class relation, per class across the batch (the paper's "
+                                       "gamma).", within=NON_NEGATIVE)
 
-    def loss(self, student, teacher, targets, progress):
+    def loss(self, student, teacher, batch):
         o = self.options
         y_s, y_t = (student.logits / o.temperature).softmax(1), (teacher.logits / o.temperature).softmax(1)
         inter = o.temperature**2 * (1 - pearson(y_s, y_t).mean())
         intra = o.temperature**2 * (1 - pearson(y_s.T, y_t.T).mean())
-        ce = self.ce(student.logits, targets)
-        return ce + o.beta * inter + o.gamma * intra, {"ce": ce, "inter": inter, "intra": intra}
+        ce = self.ce(student.logits, batch.targets)
+        return ce + o.inter_weight * inter + o.intra_weight * intra, {"ce": ce, "inter": inter, "intra": intra}

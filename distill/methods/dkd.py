@@ -1,4 +1,5 @@
-"""Decoupled KD (Zhao et al., CVPR 2022): CE + warmup * (alpha * TCKD + beta * NCKD).
+"""Decoupled KD (Zhao et al., CVPR 2022): CE + warmup * (alpha * TCKD + beta * NCKD), the paper's alpha and
+beta being --tckd-weight and --nckd-weight.
 
 TCKD is the KL between the binary (target, non-target) distributions, NCKD the KL between the
 distributions over the non-target classes; both scaled by T^2. warmup = min(progress / kd_warmup, 1), where
@@ -12,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distill.methods import register
-from distill.methods.base import F, Method, kl, torch
-from distill.options import NON_NEGATIVE, POSITIVE, Range, opt
+from distill.methods.base import F, Method, kl, temperature_option, torch
+from distill.options import NON_NEGATIVE, Range, opt
 
 # Masks the target logit out of the non-target softmax; finite, so 0 * (log p - log q) stays 0.
 MASK = -1e9
@@ -26,11 +27,11 @@ class DKD(Method):
 
     @dataclass
     class Options:
-        temperature: float = opt(4.0, "Softmax temperature T of the distillation terms.", within=POSITIVE)
-        alpha: float = opt(1.0, "Weight of TCKD, the target-class term (the paper's CIFAR value 1.0).",
-                           within=NON_NEGATIVE)
-        beta: float = opt(8.0, "Weight of NCKD, the non-target-class term (the paper's value for most CIFAR pairs).",
-                          within=NON_NEGATIVE)
+        temperature: float = temperature_option()
+        tckd_weight: float = opt(1.0, "Weight of TCKD, the target-class term (the paper's alpha, 1.0 on CIFAR).",
+                                 within=NON_NEGATIVE)
+        nckd_weight: float = opt(8.0, "Weight of NCKD, the non-target-class term (the paper's beta, 8.0 for most "
+                                      "CIFAR pairs).", within=NON_NEGATIVE)
         kd_warmup: float = opt(round(20 / 240, 4), "Share of the run over which the distillation weight ramps up "
                                                    "linearly (the paper: 20 of 240 epochs).", within=Range(0, 1))
 
@@ -47,13 +48,13 @@ class DKD(Method):
         log_binary = torch.stack([z[gt_mask] - lse, lse_other - lse], dim=1)
         return log_binary, F.log_softmax(z_other, dim=1)
 
-    def loss(self, student, teacher, targets, progress):
-        o = self.options
+    def loss(self, student, teacher, batch):
+        o, targets = self.options, batch.targets
         gt_mask = F.one_hot(targets.argmax(dim=1), targets.shape[1]).bool()
         binary_s, other_s = self.log_probs(student.logits, gt_mask)
         binary_t, other_t = self.log_probs(teacher.logits, gt_mask)
         t2 = o.temperature**2
         tckd, nckd = t2 * kl(binary_t, binary_s), t2 * kl(other_t, other_s)
         ce = self.ce(student.logits, targets)
-        kd = self.warmup(progress) * (o.alpha * tckd + o.beta * nckd)
+        kd = self.warmup(batch.progress) * (o.tckd_weight * tckd + o.nckd_weight * nckd)
         return ce + kd, {"ce": ce, "kd": kd, "tckd": tckd, "nckd": nckd}

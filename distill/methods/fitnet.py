@@ -3,7 +3,7 @@
 A middle stage of the student (the guided layer) learns to predict, through a small trainable regressor,
 the output of the teacher's stage at the same resolution (the hint):
 
-    loss = CE + feature_weight * MSE(regressor(student stage), teacher stage).
+    loss = CE + hint_weight * MSE(regressor(student stage), teacher stage).
 
 The regressor is RepDistiller's and mdistiller's ConvReg (mdistiller/distillers/_common.py), a conv chosen by
 the two maps' sizes, then BN + ReLU (the teacher's stage outputs are ReLU outputs): 1x1 with bias when the
@@ -33,8 +33,8 @@ class FitNet(Method):
     class Options:
         hint_stage: int = opt(2, "Student stage (1 = first) that learns the teacher's stage of the same resolution; "
                                  "2 is the middle of a CIFAR ResNet (RepDistiller's hint layer).", within=AT_LEAST_1)
-        feature_weight: float = opt(100.0, "Weight of the hint loss (MSE); CE keeps weight 1 (mdistiller's CIFAR "
-                                           "value).", within=NON_NEGATIVE)
+        hint_weight: float = opt(100.0, "Weight of the hint loss (MSE); CE keeps weight 1 (mdistiller's CIFAR value).",
+                                 within=NON_NEGATIVE)
 
     def guided(self, student):
         stages, k = student.stages, self.options.hint_stage
@@ -42,7 +42,7 @@ class FitNet(Method):
             raise UserError(f"--hint-stage {k} does not exist: the student has {len(stages)} stages")
         return stages[k - 1]
 
-    def setup(self, student, teacher):
+    def setup(self, student, teacher, data):
         source = self.guided(student)
         self.teacher_stage = matching_stage(source.shape, teacher.stages)
         target = teacher.stages[self.teacher_stage]
@@ -50,12 +50,12 @@ class FitNet(Method):
                                      nn.ReLU(inplace=True))
         return self.modules
 
-    def loss(self, student, teacher, targets, progress):
+    def loss(self, student, teacher, batch):
         hint = teacher.stages[self.teacher_stage]
         regressed = self.modules(self.guided(student))
         feature = F.mse_loss(regressed, hint)
-        ce = self.ce(student.logits, targets)
-        return ce + self.options.feature_weight * feature, {"ce": ce, "hint": feature}
+        ce = self.ce(student.logits, batch.targets)
+        return ce + self.options.hint_weight * feature, {"ce": ce, "hint": feature}
 
 
 def regressor_conv(source, target):

@@ -1,7 +1,6 @@
 """Hinton, Vinyals & Dean 2015, "Distilling the knowledge in a neural network":
-loss = (1 - alpha) * CE + alpha * T^2 * KL(softmax(t / T) || softmax(s / T)).
-
-`alpha` weights the DISTILLATION term (RepDistiller's convention; torchdistill's alpha weights CE).
+loss = (1 - w) * CE + w * T^2 * KL(softmax(t / T) || softmax(s / T)), w = --kd-weight.
+w weights the DISTILLATION term (RepDistiller's alpha; torchdistill's alpha weights CE instead).
 T^2 keeps the soft targets' gradients at the same scale whatever T. KL with batchmean reduction.
 """
 
@@ -10,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distill.methods import register
-from distill.methods.base import F, Method, kl
-from distill.options import POSITIVE, Range, opt
+from distill.methods.base import F, Method, kl, temperature_option
+from distill.options import Range, opt
 
 
 @register
@@ -21,13 +20,12 @@ class KD(Method):
 
     @dataclass
     class Options:
-        temperature: float = opt(4.0, "Softmax temperature T of the distillation term (T = 4: the usual CIFAR value).",
-                                 within=POSITIVE)
-        alpha: float = opt(0.9, "Weight of the distillation term: loss = (1 - alpha) CE + alpha T^2 KL "
-                                "(RepDistiller's convention; some toolkits weight CE instead).", within=Range(0, 1))
+        temperature: float = temperature_option()
+        kd_weight: float = opt(0.9, "Weight w of the distillation term: loss = (1 - w) CE + w T^2 KL (RepDistiller's "
+                                    "alpha; some toolkits weight CE instead).", within=Range(0, 1))
 
-    def loss(self, student, teacher, targets, progress):
-        t, alpha = self.options.temperature, self.options.alpha
-        ce = self.ce(student.logits, targets)
+    def loss(self, student, teacher, batch):
+        t, w = self.options.temperature, self.options.kd_weight
+        ce = self.ce(student.logits, batch.targets)
         soft = t * t * kl(F.log_softmax(teacher.logits / t, dim=1), F.log_softmax(student.logits / t, dim=1))
-        return (1 - alpha) * ce + alpha * soft, {"ce": ce, "kd": soft}
+        return (1 - w) * ce + w * soft, {"ce": ce, "kd": soft}

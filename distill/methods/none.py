@@ -12,6 +12,6 @@ class NoDistillation(Method):
     summary = "no teacher: cross-entropy only (the baseline, and how teachers train)"
     needs_teacher = False
 
-    def loss(self, student, teacher, targets, progress):
-        ce = self.ce(student.logits, targets)
+    def loss(self, student, teacher, batch):
+        ce = self.ce(student.logits, batch.targets)
         return ce, {"ce": ce}
