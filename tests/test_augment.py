@@ -353,6 +353,19 @@ def test_erasing_probability_and_boxes_reach_every_border():
     assert heights.min() <= 3 and heights.max() == 32  # from about sqrt(0.02 * 1024 * 0.3) up to the clamp
 
 
+def test_erasing_boxes_shorter_than_the_image_reach_the_last_row_and_column():
+    # Full-height boxes end at the border whatever their start; only shorter ones show the start range
+    # 0..H-h inclusive. A range one pixel short (rand * (H - h)) would never erase the last row or column.
+    torch.manual_seed(0)
+    y0, y1, x0, x1 = erasing_boxes(20_000, 32, 32, torch.device("cpu"))
+    for start, end in ((y0, y1), (x0, x1)):
+        short = (end - start) < 32
+        assert short.sum() > 19_000 and (end[short] == 32).any()
+        for side in (4, 8, 16, 24):
+            drawn = start[(end - start) == side]
+            assert len(drawn) > 200 and drawn.min() == 0 and drawn.max() == 32 - side
+
+
 def test_cutout_square_is_clipped_and_covers_every_centre():
     torch.manual_seed(0)
     half = torch.full((5000,), 8)
