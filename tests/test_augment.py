@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import kornia.augmentation as K
@@ -556,3 +559,48 @@ def test_no_op_reads_device_values_back(monkeypatch):
     out, targets = GpuAugment(dataclasses.replace(parse_augment("strong"), color_jitter=0.4), NUM_CLASSES)(x, y)
     assert out.device.type == "meta" and out.shape == x.shape and targets.shape == (8, NUM_CLASSES)
 
+
+# -------------------------------------------------------------------- bench/augment_cost.py --blank
+
+
+def _augment_cost():
+    path = Path(__file__).resolve().parents[1] / "bench" / "augment_cost.py"
+    spec = importlib.util.spec_from_file_location("augment_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fill_shares_and_summary_by_hand():
+    bench = _augment_cost()
+    fill, other = (0.2, 0.2, 0.2), (1.0, 1.0, 1.0)
+    a, b = torch.full((2, 3, 2, 2), 0.6), torch.full((2, 3, 2, 2), 0.6)
+    a[0, :, 0, 0], b[0, :, 0, 0] = 0.2, 1.0  # image 0: one pixel of fill ...
+    a[0, :, 0, 1], b[0, :, 0, 1] = 0.5 * 0.2 + 0.5 * 0.6, 0.5 * 1.0 + 0.5 * 0.6  # ... one half-blended with it
+    a[0, :, 1, 1] = b[0, :, 1, 1] = 0.0  # ... and a black pixel of its own: black, not blank
+    a[1], b[1] = 0.2, 1.0  # image 1: all fill
+    shares = bench.fill_shares(a, b, fill, other)
+    torch.testing.assert_close(shares[0], torch.tensor([[1.0, 0.5], [0.0, 0.0]]))
+    summary = bench.blank_summary(shares, (a == 0).all(1))
+    assert summary["blank_pixels"] == pytest.approx((1.5 + 4) / 8)  # 0.6875
+    assert summary["half_blank_images"] == 0.5  # image 0 is 3/8 blank, image 1 all
+    assert summary["black_pixels"] == pytest.approx(1 / 8) and summary["half_black_images"] == 0.0
+
+
+def test_blank_statistics_of_pipelines_with_known_answers():
+    bench = _augment_cost()
+    x, y = _images(8, 32), _labels(8)
+    mean = [0.25, 0.5, 0.75]
+    # A 64x64 Cutout square clipped to a 32x32 image erases all of it, wherever its centre.
+    full = bench.blank_statistics("none,cutout=1,cutout_size=64", x, y, mean)
+    assert full == {"blank_pixels": 1.0, "half_blank_images": 1.0, "black_pixels": 0.0, "half_black_images": 0.0}
+    black = bench.blank_statistics("none,cutout=1,cutout_size=64,fill=black", x, y, mean)
+    assert black["blank_pixels"] == 1.0 and black["black_pixels"] == 1.0
+    assert bench.blank_statistics("default", x, y, mean)["blank_pixels"] == 0.0  # reflect padding: no fill
+
+
+def test_blank_mode_prints_json_per_preset(capsys):
+    _augment_cost().main(["--blank", "--images", "32", "--batch", "16", "--augment", "strong", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 32 and report["data"].startswith("synthetic")
+    assert 0.05 < report["presets"]["strong"]["blank_pixels"] < 0.6  # Cutout 16 alone is ~18%
