@@ -14,7 +14,7 @@ and launch many small kernels (3-8% of a ResNet50 step each on an H200).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,15 @@ from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with
                             adjust_saturation_with_gray_subtraction)
 from torch import Tensor, nn
 
-from distill.augment_policy import trivial_augment
+from distill.augment_policy import device_constant, fill_levels, trivial_augment
 from distill.augment_spec import AugmentConfig, parse_augment  # noqa: F401  (torch-free; re-exported here)
 
-# The op of each policy name of the spec (tests/test_cli.py checks they match augment_spec.POLICIES).
-_POLICIES: dict[str, Callable[[Tensor], Tensor] | None] = {"none": None, "trivial": trivial_augment}
+# The op of each policy name of the spec (tests/test_cli.py checks they match augment_spec.POLICIES); each
+# takes uint8 images, the fill in uint8 levels per channel and the top translation in pixels.
+_POLICIES: dict[str, Callable[..., Tensor] | None] = {"none": None, "trivial": trivial_augment}
+# The fill colour in [0, 1] when `GpuAugment` is given no training mean: mid grey, which DALI's
+# trivial_augment_wide (fill_value=128) and timm's auto-augment (_FILL = 128) use when they know no mean.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
 
 
 # --------------------------------------------------------------------------------------- batch ops
@@ -140,12 +144,15 @@ def erasing_boxes(n: int, h: int, w: int, device: torch.device, scale: tuple[flo
     return tuple(t.to(torch.int64) for t in (y0, y0 + box_h, x0, x0 + box_w))
 
 
-def cutout(x: Tensor, prob: float, size: int = 0) -> Tensor:
-    """Erase one box per sample to 0, each sample with probability `prob`.
+def cutout(x: Tensor, prob: float, size: int = 0, fill: float | Sequence[float] = 0.0) -> Tensor:
+    """Erase one box per sample to `fill` (one value or one per channel), each sample with probability `prob`.
 
     size 0: kornia's RandomErasing(p=prob) boxes (`erasing_boxes`); size n: DeVries & Taylor 2017's
     Cutout, an n x n square centred uniformly over the image and clipped at the border (n // 2 on each
-    side of the centre, as their code: an odd n erases n - 1).
+    side of the centre, as their code: an odd n erases n - 1). DeVries' code (uoguelph-mlrg/Cutout) zeroes
+    the box after normalization, as the TrivialAugment authors' CIFAR pipeline does (TrivialAugment/data.py
+    appends CutoutDefault after Normalize): pass the training mean as `fill` for the same image. kornia's
+    RandomErasing fills with value=0 in whatever space it gets (black on [0, 1] images).
     """
     b, _, h, w = x.shape
     if size > 0:
@@ -154,7 +161,7 @@ def cutout(x: Tensor, prob: float, size: int = 0) -> Tensor:
     else:
         boxes = erasing_boxes(b, h, w, x.device)
     erase = _box_mask(boxes, h, w) & (torch.rand(b, device=x.device) < prob).view(-1, 1, 1, 1)
-    return x.masked_fill(erase, 0)
+    return torch.where(erase, device_constant(fill_levels(fill, x.shape[1]), x.device, x.dtype), x)
 
 
 # --------------------------------------------------------------------------------------- mixing
@@ -238,14 +245,21 @@ class GpuAugment(nn.Module):
     """uint8 (B, 3, H, W) images and int64 (B,) labels -> float32 [0, 1] images and (B, C) soft targets.
 
     Train time only, on whatever device the batch is on. No normalization (see `Preprocess`).
-    Order: crop, flip, policy (on uint8), to_float, colour jitter, cutout, mix.
+    Order: crop, flip, policy (on uint8), to_float, colour jitter, mix, cutout.
+
+    mean: the training set's per-channel mean in [0, 1], the fill of cfg.fill="mean" (a model then sees 0
+    there after its normalization); without it, mid grey (`DEFAULT_MEAN`).
     """
 
-    def __init__(self, cfg: AugmentConfig, num_classes: int):
+    def __init__(self, cfg: AugmentConfig, num_classes: int, mean: Sequence[float] | None = None):
         super().__init__()
+        mean = tuple(float(m) for m in (DEFAULT_MEAN if mean is None else mean))
+        if not all(0.0 <= m <= 1.0 for m in mean):
+            raise ValueError(f"mean {mean} must be in [0, 1] (images are scaled to [0, 1] before normalization)")
         self.cfg = cfg
         self.num_classes = num_classes
         self.policy = _POLICIES[cfg.policy]
+        self.fill = mean if cfg.fill == "mean" else (0.0,) * len(mean)  # in [0, 1]
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
@@ -255,15 +269,17 @@ class GpuAugment(nn.Module):
         if self.policy is not None:
             # On uint8, where torchvision defines TrivialAugmentWide (8-bit posterize and equalize, blends
             # truncated to uint8): each op matches torchvision's exactly, and moves a quarter of the bytes.
-            x = self.policy(x)
+            x = self.policy(x, fill=tuple(255 * f for f in self.fill), max_translate=cfg.policy_translate)
         x = to_float(x)
         if cfg.color_jitter > 0:
             x = color_jitter(x, cfg.color_jitter)
-        if cfg.cutout > 0:
-            x = cutout(x, cfg.cutout, cfg.cutout_size)
         targets = F.one_hot(y, self.num_classes).to(torch.float32)
         if cfg.mixup > 0 or cfg.cutmix > 0:
             x, targets = mix(x, targets, cfg.mixup, cfg.cutmix, cfg.mix_prob)
+        if cfg.cutout > 0:
+            # After mixing: each image gets exactly its one box, and CutMix never pastes a partner's box
+            # into it (bench/cpu_augment.md measures the orders).
+            x = cutout(x, cfg.cutout, cfg.cutout_size, self.fill)
         return x, targets
 
 

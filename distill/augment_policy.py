@@ -4,9 +4,21 @@ Müller & Hutter 2021, "TrivialAugment: Tuning-free Yet State-of-the-Art Data Au
 gets one op drawn uniformly from `OPS`, at a magnitude drawn uniformly from that op's `NUM_BINS` bins;
 a signed op negates its magnitude with p=0.5. The op list, the ranges ("wide") and each op's semantics
 on uint8 tensors are torchvision's `TrivialAugmentWide` (transforms/autoaugment.py `_apply_op`, and
-transforms/_functional_tensor.py): nearest interpolation, fill 0 outside the image (its default
-fill=None leaves grid_sample's zero padding), blends truncated to uint8, Translate in whole pixels
-(32 at the top bin, as torchvision: on 32x32 images that blanks the image).
+transforms/_functional_tensor.py): nearest interpolation, blends truncated to uint8, Translate in whole
+pixels.
+
+Two settings are parameters of the ops, defaulting to the authors' own CIFAR code (automl/trivialaugment,
+aug_lib.py, `set_augmentation_space('wide_standard', 31)`), which torchvision's defaults also equal:
+- `fill`, what the geometric ops (shear, translate, rotate) put where no input pixel lands: default 0
+  (black). aug_lib calls PIL's `transform`/`rotate` without a fill colour, i.e. black, and torchvision's
+  fill=None leaves grid_sample's zeros. Other code fills with the mean instead: the AutoAugment CIFAR code
+  (tensorflow/models research/autoaugment/augmentation_transforms.py, `pil_unwrap`) sets uncovered pixels
+  to 0 after normalization, i.e. the training mean; DALI's trivial_augment_wide fills with 128.
+- `max_translate`, the shift at the top magnitude bin, in pixels: default 32. The wide space is absolute
+  pixels whatever the image size (aug_lib `translate=MinMax(0, 32)`; torchvision and DALI's
+  `max_translate_abs` 32 too), so on 32x32 images the top bin moves the image out entirely. The narrower
+  spaces in the same file use 10 px (`MinMaxVals` default, the AutoAugment CIFAR code's
+  `int_parameter(level, 10)`) and 14.4 px (RandAugment/UniformAugment: 0.45 of 32).
 
 kornia's `auto.TrivialAugment` draws one op per call for the whole batch; here each op family is
 computed once for the whole batch with per-sample parameters and kept only where a sample drew it
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +40,17 @@ from torch import Tensor
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
        "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
 NUM_BINS = 31
+WIDE_TRANSLATE = 32.0  # pixels at the top bin: the wide space's, as the authors' aug_lib and torchvision
 _ID = {name: index for index, name in enumerate(OPS)}
 _GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 _BLENDS = ("Brightness", "Color", "Contrast", "Sharpness")
 
 
-def magnitude_table(num_bins: int = NUM_BINS) -> tuple[Tensor, Tensor]:
+def magnitude_table(num_bins: int = NUM_BINS, max_translate: float = WIDE_TRANSLATE) -> tuple[Tensor, Tensor]:
     """(len(OPS), num_bins) float64 magnitudes and (len(OPS),) signed flags, on the CPU.
 
-    The values of torchvision's `TrivialAugmentWide._augmentation_space` (float32 linspace, as there);
-    ops without a magnitude get a row of zeros.
+    The values of torchvision's `TrivialAugmentWide._augmentation_space` (float32 linspace, as there),
+    TranslateX/Y up to `max_translate` pixels instead of 32; ops without a magnitude get a row of zeros.
     """
     def linear(top: float) -> Tensor:
         return torch.linspace(0.0, top, num_bins)
@@ -44,7 +58,8 @@ def magnitude_table(num_bins: int = NUM_BINS) -> tuple[Tensor, Tensor]:
     zeros = torch.zeros(num_bins)
     rows = {
         "Identity": (zeros, False), "ShearX": (linear(0.99), True), "ShearY": (linear(0.99), True),
-        "TranslateX": (linear(32.0), True), "TranslateY": (linear(32.0), True), "Rotate": (linear(135.0), True),
+        "TranslateX": (linear(max_translate), True), "TranslateY": (linear(max_translate), True),
+        "Rotate": (linear(135.0), True),
         "Brightness": (linear(0.99), True), "Color": (linear(0.99), True), "Contrast": (linear(0.99), True),
         "Sharpness": (linear(0.99), True),
         "Posterize": (8 - (torch.arange(num_bins) / ((num_bins - 1) / 6)).round(), False),
@@ -55,25 +70,36 @@ def magnitude_table(num_bins: int = NUM_BINS) -> tuple[Tensor, Tensor]:
     return table, torch.tensor([rows[name][1] for name in OPS])
 
 
+# Copied once per device (and setting): a host-to-device copy on every call would wait for the queued GPU work.
 @functools.lru_cache(maxsize=None)
-def _device_table(device: torch.device) -> tuple[Tensor, Tensor]:
-    # Copied once per device: a host-to-device copy on every call would wait for the queued GPU work.
-    return tuple(t.to(device) for t in magnitude_table())
+def _device_table(device: torch.device, max_translate: float) -> tuple[Tensor, Tensor]:
+    return tuple(t.to(device) for t in magnitude_table(max_translate=max_translate))
 
 
-def draw_trivial_params(batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+@functools.lru_cache(maxsize=None)
+def device_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(1, C, 1, 1) per-channel constant (a fill colour) on `device`, made once per value and device."""
+    return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)
+
+
+def draw_trivial_params(batch: int, device: torch.device,
+                        max_translate: float = WIDE_TRANSLATE) -> tuple[Tensor, Tensor]:
     """Per sample an op id (B,) uniform over OPS and its signed magnitude (B,) float64, uniform over the bins."""
-    table, signed = _device_table(torch.device(device))
+    table, signed = _device_table(torch.device(device), float(max_translate))
     op = torch.randint(len(OPS), (batch,), device=device)
     magnitude = table[op, torch.randint(NUM_BINS, (batch,), device=device)]
     negate = signed[op] & (torch.randint(2, (batch,), device=device) == 1)
     return op, torch.where(negate, -magnitude, magnitude)
 
 
-def trivial_augment(x: Tensor) -> Tensor:
-    """TrivialAugment-wide on uint8 (B, C, H, W) images, one op and magnitude drawn per sample."""
-    op, magnitude = draw_trivial_params(x.shape[0], x.device)
-    return apply_trivial_ops(x, op, magnitude)
+def trivial_augment(x: Tensor, fill: float | Sequence[float] = 0.0, max_translate: float = WIDE_TRANSLATE) -> Tensor:
+    """TrivialAugment-wide on uint8 (B, C, H, W) images, one op and magnitude drawn per sample.
+
+    fill: the geometric ops' fill in uint8 levels, one value or one per channel; max_translate: pixels at
+    the top bin (the defaults are the authors' CIFAR settings: see the module docstring).
+    """
+    op, magnitude = draw_trivial_params(x.shape[0], x.device, max_translate)
+    return apply_trivial_ops(x, op, magnitude, fill)
 
 
 def _drew(op: Tensor, names: tuple[str, ...]) -> Tensor:
@@ -81,8 +107,9 @@ def _drew(op: Tensor, names: tuple[str, ...]) -> Tensor:
     return functools.reduce(operator.or_, (op == _ID[name] for name in names)).view(-1, 1, 1, 1)
 
 
-def apply_trivial_ops(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
-    """Apply to each uint8 image the op `OPS[op[i]]` at the signed `magnitude[i]` (torchvision's values).
+def apply_trivial_ops(x: Tensor, op: Tensor, magnitude: Tensor, fill: float | Sequence[float] = 0.0) -> Tensor:
+    """Apply to each uint8 image the op `OPS[op[i]]` at the signed `magnitude[i]` (torchvision's values),
+    the geometric ops filling with `fill` (uint8 levels; torchvision's `fill` argument).
 
     Each family runs on the whole batch (cheaper than one pass per op: all five geometric ops share one
     grid_sample, the four blends one blend); a sample keeps only its own op's result.
@@ -90,7 +117,7 @@ def apply_trivial_ops(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
     if x.dtype != torch.uint8:  # posterize and equalize are defined on 8-bit levels
         raise TypeError(f"apply_trivial_ops expects uint8 images, got {x.dtype}")
     families = (
-        (_GEOMETRIC, lambda: geometric_ops(x, op, magnitude)),
+        (_GEOMETRIC, lambda: geometric_ops(x, op, magnitude, fill)),
         (_BLENDS, lambda: blend_ops(x, op, magnitude)),
         (("Posterize",), lambda: posterize(x, magnitude.to(torch.int64))),
         (("Solarize",), lambda: solarize(x, magnitude)),
@@ -137,17 +164,33 @@ def _sampling_grid(theta: Tensor, h: int, w: int) -> Tensor:
     return base.view(1, h * w, 3).expand(theta.shape[0], -1, -1).bmm(rescaled).view(-1, h, w, 2)
 
 
-def warp_nearest(x: Tensor, theta: Tensor) -> Tensor:
-    """Warp uint8 images by per-sample inverse maps theta (B, 2, 3): nearest, zeros outside (fill 0)."""
-    h, w = x.shape[-2:]
+def fill_levels(fill: float | Sequence[float], channels: int) -> tuple[float, ...]:
+    """A fill given as one value or one per channel, as one float per channel."""
+    values = (float(fill),) * channels if isinstance(fill, (int, float)) else tuple(float(f) for f in fill)
+    if len(values) != channels:
+        raise ValueError(f"fill {fill} needs one value or {channels} (one per channel)")
+    return values
+
+
+def warp_nearest(x: Tensor, theta: Tensor, fill: float | Sequence[float] = 0.0) -> Tensor:
+    """Warp uint8 images by per-sample inverse maps theta (B, 2, 3): nearest, `fill` where no input pixel lands.
+
+    As torchvision's `_apply_grid_transform`: a channel of ones is warped along and marks the pixels that
+    came from inside the image (nearest: >= 0.5); the others take the fill, rounded to uint8 at the end.
+    """
+    b, c, h, w = x.shape
     grid = _sampling_grid(theta.to(torch.float32), h, w)
-    warped = F.grid_sample(x.to(torch.float32), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return warped.round().to(torch.uint8)
+    ones = torch.ones(b, 1, h, w, device=x.device)
+    warped = F.grid_sample(torch.cat((x.to(torch.float32), ones), 1), grid, mode="nearest", padding_mode="zeros",
+                           align_corners=False)
+    colour = device_constant(fill_levels(fill, c), x.device, torch.float32)
+    filled = torch.where(warped[:, c:] < 0.5, colour, warped[:, :c])
+    return filled.round().to(torch.uint8)
 
 
-def geometric_ops(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
+def geometric_ops(x: Tensor, op: Tensor, magnitude: Tensor, fill: float | Sequence[float] = 0.0) -> Tensor:
     """ShearX/Y, TranslateX/Y and Rotate, each sample by its own op and magnitude, in one grid_sample."""
-    return warp_nearest(x, _inverse_affine(op, magnitude, *x.shape[-2:]))
+    return warp_nearest(x, _inverse_affine(op, magnitude, *x.shape[-2:]), fill)
 
 
 # ---------------------------------------------------------------------------------------- colour

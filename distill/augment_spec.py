@@ -15,10 +15,13 @@ from distill.errors import UserError
 
 # Policies applied per sample after crop and flip (the `policy` field); distill.augment maps each name to its op.
 POLICIES = ("none", "trivial")
+# What uncovered (policy geometry) and erased (cutout, erasing) pixels become (the `fill` field).
+FILLS = ("mean", "black")
 
 # Allowed [low, high] for each numeric field; ColorJitter's hue range is s/4 turns, capped at 0.5 as kornia's.
 _LIMITS: dict[str, tuple[float, float]] = {
     "crop_padding": (0, math.inf),
+    "policy_translate": (0.0, math.inf),
     "color_jitter": (0.0, 2.0),
     "cutout": (0.0, 1.0),
     "cutout_size": (0, math.inf),
@@ -32,7 +35,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
 # 0.5 +- 0.035 (larger values change nothing).
 _ZERO_IS_OFF = ("mixup", "cutmix")
 # Allowed names for each string field.
-_CHOICES: dict[str, tuple[str, ...]] = {"policy": POLICIES}
+_CHOICES: dict[str, tuple[str, ...]] = {"policy": POLICIES, "fill": FILLS}
 
 
 @dataclass
@@ -40,12 +43,17 @@ class AugmentConfig:
     crop_padding: int = 4  # random crop after reflect padding: the standard CIFAR translation; 0 disables
     flip: bool = True  # horizontal flip with p=0.5: CIFAR classes look the same mirrored
     policy: str = "none"  # "trivial": TrivialAugment-wide per sample: crop+flip regularize a ResNet50 too little
+    policy_translate: float = 32.0  # TrivialAugment's shift in pixels at the top bin: 32 = the wide space's
     color_jitter: float = 0.0  # strength s: brightness/contrast/saturation = s, hue = s/4 (kornia); 0 disables
-    cutout: float = 0.0  # per-sample probability of erasing a box (to 0): robustness to occlusion; 0 disables
+    cutout: float = 0.0  # per-sample probability of erasing a box: robustness to occlusion; 0 disables
     cutout_size: int = 0  # box: 0 = RandomErasing's (kornia: 2-33% of the area); n = DeVries' n x n square
     mixup: float = 0.0  # Beta(a, a) concentration for MixUp: softer targets, which KD profits from; 0 disables
     cutmix: float = 0.0  # Beta(a, a) concentration for CutMix, 0 disables; with both on, each sample picks one
     mix_prob: float = 1.0  # per-sample probability of mixing at all (else lam = 1): mixing slows convergence
+    # Erased (cutout) and uncovered (policy geometry) pixels: "mean" = the training set's mean colour, what
+    # a model sees as 0 after its normalization (DeVries & Taylor's Cutout, the AutoAugment CIFAR code);
+    # "black" = 0 (torchvision's and the TrivialAugment authors' geometric fill, kornia's RandomErasing).
+    fill: str = "mean"
 
     def __post_init__(self) -> None:
         for name, (low, high) in _LIMITS.items():
@@ -66,17 +74,29 @@ class AugmentConfig:
 
     @classmethod
     def strong(cls) -> AugmentConfig:
-        """Crop + flip + TrivialAugment-wide + 16x16 cutout + CutMix/MixUp on half the samples (95% teacher)."""
+        """Crop + flip + TrivialAugment-wide (10 px translations) + 16x16 Cutout + CutMix/MixUp on half the
+        samples, erased and uncovered pixels at the mean colour: for a 40-60 epoch ResNet50 teacher."""
         return cls(
             policy="trivial",  # tuning-free, matches or beats AutoAugment on CIFAR (Müller & Hutter)
-            cutout=1.0,  # DeVries & Taylor's CIFAR-10 setting, also in TrivialAugment's CIFAR pipeline
+            # The wide space's 32 px top shift moves a 32x32 image out entirely (and half its bins, >= 16 px,
+            # leave it at least half blank): the authors ran it for 200 epochs. 10 px is the CIFAR range of the
+            # AutoAugment code (augmentation_transforms.py, int_parameter(level, 10)) and of the TrivialAugment
+            # authors' standard space (aug_lib.py MinMax(0, 10); their README recommends it for very cheap
+            # setups). The other wide ranges (shear 0.99, rotate 135) keep part of the image and stay.
+            policy_translate=10.0,
+            # DeVries & Taylor's CIFAR-10 setting, also in the TrivialAugment authors' wide-space CIFAR-10
+            # config (confs/wresnet28x10_cifar10_b128_maxlr.1_weighteduniaug_w=0,1_widesesp_nowarmup_200epochs
+            # .yaml: cutout 16); at 31-40 epochs airbench96 (96% on CIFAR-10) still erases a 12x12 square.
+            # Applied after mixing: one box per image, never a partner's box pasted or blended in
+            # (bench/cpu_augment.md).
+            cutout=1.0,
             cutout_size=16,
             cutmix=1.0,  # Yun et al.'s CIFAR alpha: the pasted area is uniform
             mixup=0.2,  # low alpha, lam mostly near 0 or 1: a mild blend for the samples not pasted
             # Mixing pays off on long schedules; ours is 40-60 teacher epochs, so only half the samples mix
             # (each picks CutMix or MixUp): a quarter pasted, a quarter blended.
             mix_prob=0.5,
-        )
+        )  # fill: the default "mean", as DeVries' Cutout and the AutoAugment CIFAR code (0 after normalizing)
 
 
 # ---------------------------------------------------------------------------------------------- spec

@@ -332,7 +332,8 @@ def make_loop(cfgs: list[C.TrainConfig], names: list[str], splits: Splits, devic
                 for cfg, name, norm, new in zip(cfgs, names, norms, fresh)]
     if teacher is not None and any(learner.method.needs_features for learner in learners):
         teacher = TeacherModel(WithFeatures(teacher.model), teacher.preprocess)  # its features, once a step
-    return Loop(learners=learners, augment=GpuAugment(parse_augment(lead.augment), len(splits.classes)),
+    return Loop(learners=learners, augment=GpuAugment(parse_augment(lead.augment), len(splits.classes),
+                                                      mean=norms[0]["mean"]),  # the training mean: the fill
                 train_x=train_x, train_y=train_y, batch_size=lead.batch_size,
                 seed=lead.seed, epochs=lead.epochs, device=device, amp_dtype=amp_dtype(lead, device),
                 channels_last=channels_last,

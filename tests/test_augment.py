@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import kornia.augmentation as K
@@ -15,8 +18,8 @@ from torchvision.transforms.autoaugment import TrivialAugmentWide, _apply_op
 
 from distill.augment import (AugmentConfig, GpuAugment, Preprocess, centred_boxes, color_jitter, cutout,
                              erasing_boxes, jitter_factors, mix, parse_augment, random_crop, to_float)
-from distill.augment_policy import (NUM_BINS, OPS, apply_trivial_ops, draw_trivial_params, magnitude_table,
-                                    trivial_augment)
+from distill.augment_policy import (NUM_BINS, OPS, WIDE_TRANSLATE, apply_trivial_ops, draw_trivial_params,
+                                    magnitude_table, trivial_augment)
 from distill.errors import UserError
 
 NUM_CLASSES = 10
@@ -45,7 +48,8 @@ def _run(cfg: AugmentConfig, x: torch.Tensor, y: torch.Tensor, seed: int = 0):
 
 
 ALL_ON = AugmentConfig(color_jitter=0.4, cutout=0.5, mixup=0.2, cutmix=1.0)
-VALID_KEYS = "crop_padding, flip, policy, color_jitter, cutout, cutout_size, mixup, cutmix, mix_prob"
+VALID_KEYS = ("crop_padding, flip, policy, policy_translate, color_jitter, cutout, cutout_size, mixup, cutmix, "
+              "mix_prob, fill")
 
 
 def test_shapes_and_dtypes_kept():
@@ -121,10 +125,26 @@ def test_mixup_and_cutmix_both_on_picks_each_per_sample():
     assert pasted.any() and not pasted.all()  # both kinds in one batch
 
 
-def test_cutout_erases_with_zeros():
+@pytest.mark.parametrize("cutout_size", [0, 16])  # random erasing, DeVries' Cutout
+def test_cutout_and_erasing_fill_with_the_given_mean(cutout_size: int):
+    # Semantics changed: the box was 0 (black) in [0, 1] space; DeVries zeroes it after normalization.
     x, y = _images(), _labels()
-    out, _ = _run(dataclasses.replace(AugmentConfig.none(), cutout=1.0), x, y)
-    assert ((out == 0).flatten(1).any(1)).all()
+    mean = torch.tensor([0.1, 0.3, 0.7])
+    cfg = dataclasses.replace(AugmentConfig.none(), cutout=1.0, cutout_size=cutout_size)
+    for given, fill in ((mean.tolist(), mean), (None, torch.full((3,), 0.5))):  # default: mid grey
+        torch.manual_seed(0)
+        out, _ = GpuAugment(cfg, NUM_CLASSES, mean=given)(x, y)
+        erased = (out != x / 255).any(1)  # (B, H, W): pixels the box changed
+        assert erased.flatten(1).any(1).all()  # a box in every image (p=1)
+        assert torch.equal(out.permute(0, 2, 3, 1)[erased], fill.expand(int(erased.sum()), 3))
+    torch.manual_seed(0)
+    black, _ = GpuAugment(dataclasses.replace(cfg, fill="black"), NUM_CLASSES, mean=mean.tolist())(x, y)
+    assert torch.equal(black.permute(0, 2, 3, 1)[erased], torch.zeros(int(erased.sum()), 3))
+
+
+def test_gpu_augment_rejects_a_mean_outside_0_1():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        GpuAugment(AugmentConfig(), NUM_CLASSES, mean=[125.0, 122.0, 113.0])  # uint8 levels, not [0, 1]
 
 
 def test_same_seed_same_output():
@@ -237,6 +257,13 @@ def test_magnitude_table_is_torchvisions():
         assert bool(is_signed) == tv_signed
         expected = magnitudes.double() if magnitudes.ndim else torch.zeros(NUM_BINS, dtype=torch.float64)
         assert torch.equal(row, expected)
+    # Another top translation changes the two translate rows only, to the same 31 even steps.
+    narrow, _ = magnitude_table(max_translate=10.0)
+    translate = [OPS.index("TranslateX"), OPS.index("TranslateY")]
+    others = [i for i in range(len(OPS)) if i not in translate]
+    assert torch.equal(narrow[others], table[others])
+    expected = torch.linspace(0.0, 10.0, NUM_BINS).double()
+    assert torch.equal(narrow[translate], expected.expand(2, -1))
 
 
 def _op_test_images() -> torch.Tensor:
@@ -247,15 +274,18 @@ def _op_test_images() -> torch.Tensor:
     return x
 
 
+# torchvision's TrivialAugmentWide passes its `fill` to _apply_op as one float per channel (None: zeros).
+@pytest.mark.parametrize("fill", [None, [128.0, 64.0, 200.0]], ids=["torchvision-default", "fill"])
 @pytest.mark.parametrize("name", OPS)
-def test_trivial_op_matches_torchvision_at_every_magnitude(name: str):
+def test_trivial_op_matches_torchvision_at_every_magnitude(name: str, fill: list[float] | None):
     x = _op_test_images()
     table, signed = magnitude_table()
     index = OPS.index(name)
     signs = (1.0, -1.0) if signed[index] else (1.0,)
     for magnitude in sorted({float(m) * s for m in table[index] for s in signs}):
-        ours = apply_trivial_ops(x, torch.full((4,), index), torch.full((4,), magnitude, dtype=torch.float64))
-        reference = torch.stack([_apply_op(img, name, magnitude, InterpolationMode.NEAREST, None) for img in x])
+        ours = apply_trivial_ops(x, torch.full((4,), index), torch.full((4,), magnitude, dtype=torch.float64),
+                                 fill=0.0 if fill is None else fill)
+        reference = torch.stack([_apply_op(img, name, magnitude, InterpolationMode.NEAREST, fill) for img in x])
         assert ours.dtype == torch.uint8
         difference = (ours.int() - reference.int()).abs().max()
         assert difference <= 1, f"{name} at {magnitude}: off by {difference}"  # uint8 rounding at most
@@ -272,6 +302,30 @@ def test_trivial_draws_cover_every_op_and_magnitude_bin():
         drawn = set(magnitude[op == index].tolist())
         expected = set(table[index].tolist()) | ({-m for m in table[index].tolist()} if signed[index] else set())
         assert drawn == expected, OPS[index]  # both ends of every range, and both signs
+
+
+def _top_shift(max_translate: float) -> torch.Tensor:
+    """TranslateX at the top bin of `max_translate` on a 32x32 image with values 1..255, fill (10, 20, 30)."""
+    x = _images(1, 32, seed=3)
+    top = magnitude_table(max_translate=max_translate)[0][OPS.index("TranslateX"), -1]
+    return x, apply_trivial_ops(x, torch.tensor([OPS.index("TranslateX")]), top.view(1), fill=(10, 20, 30))
+
+
+def test_translate_top_bin_keeps_most_of_the_image_at_10_px_and_blanks_it_at_32():
+    fill = torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 3, 1, 1)
+    x, shifted = _top_shift(10.0)  # the strong preset's range: 10 columns of fill, 22 of the image
+    assert torch.equal(shifted[..., :10], fill.expand(1, 3, 32, 10))
+    assert torch.equal(shifted[..., 10:], x[..., :22])
+    _, blank = _top_shift(WIDE_TRANSLATE)  # the wide space's 32 px moves a 32x32 image out entirely
+    assert torch.equal(blank, fill.expand(1, 3, 32, 32))
+    assert parse_augment("strong").policy_translate == 10.0 and AugmentConfig().policy_translate == WIDE_TRANSLATE
+
+
+def test_trivial_draws_use_the_translate_range():
+    torch.manual_seed(0)
+    op, magnitude = draw_trivial_params(20_000, torch.device("cpu"), max_translate=10.0)
+    shifts = magnitude[(op == OPS.index("TranslateX")) | (op == OPS.index("TranslateY"))]
+    assert shifts.abs().max() == 10.0 and shifts.min() == -10.0
 
 
 def test_trivial_rejects_float_images():
@@ -353,6 +407,19 @@ def test_erasing_probability_and_boxes_reach_every_border():
     assert heights.min() <= 3 and heights.max() == 32  # from about sqrt(0.02 * 1024 * 0.3) up to the clamp
 
 
+def test_erasing_boxes_shorter_than_the_image_reach_the_last_row_and_column():
+    # Full-height boxes end at the border whatever their start; only shorter ones show the start range
+    # 0..H-h inclusive. A range one pixel short (rand * (H - h)) would never erase the last row or column.
+    torch.manual_seed(0)
+    y0, y1, x0, x1 = erasing_boxes(20_000, 32, 32, torch.device("cpu"))
+    for start, end in ((y0, y1), (x0, x1)):
+        short = (end - start) < 32
+        assert short.sum() > 19_000 and (end[short] == 32).any()
+        for side in (4, 8, 16, 24):
+            drawn = start[(end - start) == side]
+            assert len(drawn) > 200 and drawn.min() == 0 and drawn.max() == 32 - side
+
+
 def test_cutout_square_is_clipped_and_covers_every_centre():
     torch.manual_seed(0)
     half = torch.full((5000,), 8)
@@ -426,6 +493,23 @@ def test_mix_is_per_sample_and_seeded(kind: str):
     assert 0 <= results[0][0].min() and results[0][0].max() <= 1
 
 
+def test_cutout_comes_after_mixing_one_whole_box_per_image():
+    # Class-constant images have three equal channels, the fill (0.2, 0.5, 0.8) does not: a pixel whose
+    # channels differ holds some fill. Cutout after mixing leaves exactly the fill there (no MixUp blend of
+    # a partner's box) in one rectangle of at most 16x16 per image (no partner's box pasted by CutMix).
+    x, y = _class_constant_batch()
+    x, y = x.repeat(6, 1, 1, 1), y.repeat(6)
+    cfg = dataclasses.replace(AugmentConfig.none(), cutout=1.0, cutout_size=16, mixup=1.0, cutmix=1.0)
+    torch.manual_seed(0)
+    out, targets = GpuAugment(cfg, NUM_CLASSES, mean=[0.2, 0.5, 0.8])(x, y)
+    touched = (out.amax(1) - out.amin(1)) > 1e-6
+    exact = (out == torch.tensor([0.2, 0.5, 0.8]).view(1, 3, 1, 1)).all(1)
+    assert torch.equal(touched, exact)
+    rows, cols = exact.any(2).sum(1), exact.any(1).sum(1)
+    assert torch.equal(exact.sum((1, 2)), rows * cols) and rows.max() == 16 and cols.max() == 16  # rectangles
+    assert (targets.max(1).values < 1).double().mean() > 0.9  # mix_prob 1: (nearly) all were mixed
+
+
 # ---------------------------------------------------------------------------------------- preset
 
 
@@ -434,6 +518,9 @@ def test_strong_preset_and_its_overrides():
     assert strong == AugmentConfig.strong()
     assert (strong.crop_padding, strong.flip, strong.policy) == (4, True, "trivial")
     assert (strong.cutout, strong.cutout_size, strong.cutmix, strong.mixup, strong.mix_prob) == (1.0, 16, 1.0, 0.2, 0.5)
+    assert (strong.policy_translate, strong.fill) == (10.0, "mean")
+    assert parse_augment("strong,fill=black,policy_translate=32") == dataclasses.replace(
+        strong, fill="black", policy_translate=32.0)
     assert parse_augment("strong,mixup=0") == dataclasses.replace(strong, mixup=0.0)
     assert parse_augment("strong, policy=none, mix_prob=1") == dataclasses.replace(strong, policy="none", mix_prob=1.0)
     default = AugmentConfig()  # default and none stay crop+flip and nothing
@@ -445,7 +532,9 @@ def test_strong_preset_and_its_overrides():
                                            ("mix_prob=1.5", r"mix_prob=1.5 is out of range: expected a value "
                                                             r"in \[0.0, 1.0\]"),
                                            ("cutout_size=-1", "cutout_size=-1 is out of range"),
-                                           ("cutout_size=8.5", "cutout_size expects type int")])
+                                           ("cutout_size=8.5", "cutout_size expects type int"),
+                                           ("fill=grey", "fill='grey' is not valid: expected one of mean, black"),
+                                           ("policy_translate=-1", "policy_translate=-1.0 is out of range")])
 def test_new_fields_are_validated(spec: str, message: str):
     with pytest.raises(UserError, match=message):
         parse_augment(spec)
@@ -469,3 +558,49 @@ def test_no_op_reads_device_values_back(monkeypatch):
     y = torch.empty(8, dtype=torch.int64, device="meta")
     out, targets = GpuAugment(dataclasses.replace(parse_augment("strong"), color_jitter=0.4), NUM_CLASSES)(x, y)
     assert out.device.type == "meta" and out.shape == x.shape and targets.shape == (8, NUM_CLASSES)
+
+
+# -------------------------------------------------------------------- bench/augment_cost.py --blank
+
+
+def _augment_cost():
+    path = Path(__file__).resolve().parents[1] / "bench" / "augment_cost.py"
+    spec = importlib.util.spec_from_file_location("augment_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fill_shares_and_summary_by_hand():
+    bench = _augment_cost()
+    fill, other = (0.2, 0.2, 0.2), (1.0, 1.0, 1.0)
+    a, b = torch.full((2, 3, 2, 2), 0.6), torch.full((2, 3, 2, 2), 0.6)
+    a[0, :, 0, 0], b[0, :, 0, 0] = 0.2, 1.0  # image 0: one pixel of fill ...
+    a[0, :, 0, 1], b[0, :, 0, 1] = 0.5 * 0.2 + 0.5 * 0.6, 0.5 * 1.0 + 0.5 * 0.6  # ... one half-blended with it
+    a[0, :, 1, 1] = b[0, :, 1, 1] = 0.0  # ... and a black pixel of its own: black, not blank
+    a[1], b[1] = 0.2, 1.0  # image 1: all fill
+    shares = bench.fill_shares(a, b, fill, other)
+    torch.testing.assert_close(shares[0], torch.tensor([[1.0, 0.5], [0.0, 0.0]]))
+    summary = bench.blank_summary(shares, (a == 0).all(1))
+    assert summary["blank_pixels"] == pytest.approx((1.5 + 4) / 8)  # 0.6875
+    assert summary["half_blank_images"] == 0.5  # image 0 is 3/8 blank, image 1 all
+    assert summary["black_pixels"] == pytest.approx(1 / 8) and summary["half_black_images"] == 0.0
+
+
+def test_blank_statistics_of_pipelines_with_known_answers():
+    bench = _augment_cost()
+    x, y = _images(8, 32), _labels(8)
+    mean = [0.25, 0.5, 0.75]
+    # A 64x64 Cutout square clipped to a 32x32 image erases all of it, wherever its centre.
+    full = bench.blank_statistics("none,cutout=1,cutout_size=64", x, y, mean)
+    assert full == {"blank_pixels": 1.0, "half_blank_images": 1.0, "black_pixels": 0.0, "half_black_images": 0.0}
+    black = bench.blank_statistics("none,cutout=1,cutout_size=64,fill=black", x, y, mean)
+    assert black["blank_pixels"] == 1.0 and black["black_pixels"] == 1.0
+    assert bench.blank_statistics("default", x, y, mean)["blank_pixels"] == 0.0  # reflect padding: no fill
+
+
+def test_blank_mode_prints_json_per_preset(capsys):
+    _augment_cost().main(["--blank", "--images", "32", "--batch", "16", "--augment", "strong", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 32 and report["data"].startswith("synthetic")
+    assert 0.05 < report["presets"]["strong"]["blank_pixels"] < 0.6  # Cutout 16 alone is ~18%
