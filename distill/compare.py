@@ -14,21 +14,27 @@ import json
 import math
 import os
 import re
+import shlex
+import stat
 import sys
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
+from rich.segment import Segment, Segments
 from rich.table import Table
 
 from distill import stats
 from distill.chart import Point, Series, accuracy_per_run, accuracy_vs_params, per_class
 from distill.checkpoint import (PREDICTIONS_FILE, PREDICTIONS_FORMAT, PREDICTIONS_VERSION, read_torch_file,
                                 write_atomic)
+from distill.data.files import special_kind
 from distill.errors import UserError
 
 FIELDS = ("role", "arch", "method", "params", "gflops", "test_accuracy", "best_val_accuracy", "epochs",
@@ -74,20 +80,117 @@ def finite(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def read_run(folder: Path, root: Path) -> Run:
-    path = folder / "metrics.json"
+class Skipped(Exception):
+    """A run compare cannot use (its metrics.json unreadable or with a field out of place): one note, and the
+    other runs are compared."""
+
+
+def read_regular(path: Path, limit: int, follow_symlinks: bool = True) -> bytes:
+    """The first `limit` bytes of a regular file. Opened non-blocking, so a FIFO cannot hang compare, and checked
+    on the open file, so nothing swapped in after a check is read; a device behind a link is never read."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0)))
+    with open(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise Skipped(f"{path} is {special_kind(mode) or 'a folder'}, not a regular file")
+        return fh.read(limit)
+
+
+class Rule(NamedTuple):
+    """What a metrics.json field must be: one of `kinds` (bool never counts as a number), within [low, high]
+    for numbers. NaN means unknown where a float is allowed (no validation set: no best validation accuracy)."""
+    kinds: tuple[type, ...]
+    what: str
+    low: float = -sys.float_info.max
+    high: float = sys.float_info.max  # so inf is refused: no field compare reads may be infinite
+
+
+TEXT = Rule((str,), "text")
+FRACTION = Rule((int, float), "a fraction from 0 to 1", 0, 1)
+AMOUNT = Rule((int, float), "a number >= 0", 0)
+COUNT = Rule((int,), "a whole number from 0 to 10^15", 0, 10 ** 15)
+EVERY = "*"  # a nested rule for every key of an object (per-class accuracy: one per class name)
+# Every field of metrics.json that compare reads, so a hand-edited or foreign file cannot crash it.
+METRICS_RULES: dict = {
+    "role": TEXT, "arch": TEXT, "method": TEXT, "params": COUNT, "gflops": AMOUNT, "test_accuracy": FRACTION,
+    "best_val_accuracy": FRACTION, "epochs": COUNT, "wall_seconds": AMOUNT, "train_images_per_second": AMOUNT,
+    "seed": Rule((int,), "a seed from 0 to 2^31 - 1", 0, 2 ** 31 - 1),
+    "test_images": Rule((int,), "a whole number from 1 to 10^15", 1, 10 ** 15),
+    "teacher": {"path": TEXT, "arch": TEXT, "test_accuracy": FRACTION},
+    "per_class_accuracy": {EVERY: FRACTION},
+}
+METRICS_MAX_BYTES = 1 << 20  # a run's metrics.json takes a few KB (per-class accuracy of 1000 classes: ~40 KB)
+
+
+def json_text(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def rule_problem(value: object, rule: Rule) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value) and float in rule.kinds):
+        return None  # missing or unknown: shown as "-"
+    fits = isinstance(value, rule.kinds) and not isinstance(value, bool)
+    if fits and rule.kinds != TEXT.kinds:
+        fits = rule.low <= value <= rule.high  # exact for ints of any size: no float conversion
+    return None if fits else f"is {json_text(value)}, not {rule.what}"
+
+
+def field_problems(name: str, value: object, rule: Rule | dict) -> Iterator[str]:
+    """'<field> is <value>, not <what it must be>' for each field (nested ones as teacher.path) out of place."""
+    if isinstance(rule, Rule):
+        problem = rule_problem(value, rule)
+        yield from [f"{name} {problem}"] if problem else []
+    elif value is not None and not isinstance(value, dict):
+        yield f"{name} is {json_text(value)}, not an object"
+    elif value is not None:
+        for key, inner in rule.items():
+            for k, v in (value.items() if key == EVERY else [(key, value.get(key))]):
+                yield from field_problems(f"{name}.{k}", v, inner)
+
+
+def read_metrics(path: Path) -> dict:
     try:
-        metrics = json.loads(path.read_text())
-        if not isinstance(metrics, dict):
-            raise ValueError(f"a JSON {type(metrics).__name__}, not an object")
+        text = read_regular(path, METRICS_MAX_BYTES + 1)
+        if len(text) > METRICS_MAX_BYTES:
+            raise Skipped(f"{path} is over {METRICS_MAX_BYTES >> 20} MiB, far more than a run's metrics take")
+        metrics = json.loads(text)
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"cannot read {path} ({exc}): delete that run folder or rerun it") from None
+        reason = (exc.strerror or exc) if isinstance(exc, OSError) else exc  # no errno and path twice
+        raise Skipped(f"cannot read {path} ({reason})") from None
+    if not isinstance(metrics, dict):
+        raise Skipped(f"cannot read {path} (a JSON {type(metrics).__name__}, not an object)")
+    problem = next((p for key, rule in METRICS_RULES.items() for p in field_problems(key, metrics.get(key), rule)),
+                   None)
+    if problem:
+        raise Skipped(f"{path}: {problem}")
+    return metrics
+
+
+def read_run(folder: Path, root: Path) -> Run:
+    metrics = read_metrics(folder / "metrics.json")
     name = folder.relative_to(root).as_posix()
-    seed = metrics.get("seed")
     row = {"name": folder.name if name == "." else name, "path": str(folder)}
     row |= {key: finite(metrics.get(key)) for key in FIELDS}
-    row["seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    row["seed"] = metrics.get("seed")
     return Run(folder, row, metrics)
+
+
+def read_runs(root: Path) -> tuple[list[Run], dict[str, str]]:
+    """Every readable run under root, and {metrics.json path: why} for each one that is not. None readable
+    is an error."""
+    runs, skipped = [], {}
+    for folder in find_runs(root):
+        try:
+            runs.append(read_run(folder, root))
+        except Skipped as why:
+            skipped[str(folder / "metrics.json")] = str(why)
+    if not runs:
+        more = f" (and {len(skipped) - 1} more runs); delete or rerun those runs" if len(skipped) > 1 else \
+            "; delete or rerun that run"
+        raise UserError(f"no run under {root} can be compared: {next(iter(skipped.values()))}{more}")
+    return runs, skipped
 
 
 def experiment(row: dict) -> str:
@@ -121,10 +224,14 @@ def find_teacher(run: Run, runs: list[Run]) -> Run | None:
     (by resolved path, then by folder name: the path may be relative to another working folder), else the
     experiment's only teacher if its arch fits. Baselines are measured against the only teacher too."""
     teachers = same_experiment(runs, run, "teacher")
-    given = run.metrics.get("teacher") if isinstance(run.metrics.get("teacher"), dict) else {}
-    if isinstance(given.get("path"), str):
+    given = run.metrics.get("teacher") or {}
+    if given.get("path"):
         folder = Path(given["path"]).parent
-        for match in (lambda t: t.folder.resolve() == folder.resolve(), lambda t: t.folder.name == folder.name):
+        try:
+            target = folder.resolve()
+        except (OSError, ValueError):  # a NUL byte in the path, say: it names no folder here
+            target = None
+        for match in (lambda t: t.folder.resolve() == target, lambda t: t.folder.name == folder.name):
             found = [t for t in teachers if match(t)]
             if len(found) == 1:
                 return found[0]
@@ -155,7 +262,7 @@ class Predictions:
         except UserError:
             data, problem = None, "is unreadable"
         else:
-            problem = predictions_problem(data)
+            problem = predictions_problem(data) or accuracy_mismatch(data, run.accuracy)
         if problem:
             self.notes.append(f"{run.name}: {PREDICTIONS_FILE} {problem}; treated as missing")
             return None
@@ -188,6 +295,15 @@ def predictions_problem(data: object) -> str | None:
         return f"has mismatched shapes (labels {tuple(labels.shape)}, top1 {tuple(top1.shape)}, " \
                f"probs {tuple(probs.shape)})"
     return None
+
+
+def accuracy_mismatch(data: dict, accuracy: float | None) -> str | None:
+    """Where the predictions' accuracy is not metrics.json's (by a whole image or more), they are another run's:
+    their interval would not hold the gain metrics.json gives."""
+    right = (data["top1"] == data["labels"]).double().mean().item()
+    if accuracy is None or abs(right - accuracy) < 0.5 / len(data["labels"]):
+        return None
+    return f"gives {100 * right:.2f}% test accuracy, metrics.json {100 * accuracy:.2f}% (another run's file?)"
 
 
 def add_gain(run: Run, store: Predictions) -> None:
@@ -224,6 +340,24 @@ def link_runs(runs: list[Run], store: Predictions) -> None:
         run.teacher = find_teacher(run, runs) if role in ("student", "baseline") else None
         add_gain(run, store)
         add_fidelity(run, store)
+
+
+def weak_teacher_notes(runs: list[Run]) -> list[str]:
+    """A note per teacher that tests below the baseline of students it taught (below the student itself where
+    there is no baseline), the students it concerns named in front. The teacher's accuracy is the one the
+    student recorded (on its own test split), else its run's."""
+    students: dict[str, list[str]] = defaultdict(list)
+    for run in (r for r in runs if r.row["role"] == "student"):
+        given = run.metrics.get("teacher") or {}
+        accuracy = finite(given.get("test_accuracy"))
+        accuracy = run.teacher.accuracy if accuracy is None and run.teacher else accuracy
+        teacher = f"the teacher {run.teacher.name if run.teacher else given.get('path')}"
+        base = run.baseline if run.baseline and run.baseline.accuracy is not None else None
+        reference = (base.name, base.accuracy) if base else (f"{run.name} itself", run.accuracy)
+        sentence = stats.weak_teacher(teacher, accuracy, *reference)
+        if sentence:
+            students[sentence].append(run.name)
+    return [f"{', '.join(names)}: {sentence}" for sentence, names in students.items()]
 
 
 def seed_groups(runs: list[Run], notes: list[str]) -> list[list[Run]]:
@@ -273,15 +407,17 @@ def shown_experiment(row: dict, root: Path) -> str:
 def compare(root: Path) -> dict:
     """All runs under `root` with their gains, fidelity and seed aggregates; writes the charts.
 
-    Returns {"runs": [...], "aggregates": [...], "notes": [...], "chart": compare.png, "charts": [...],
-    "tensorboard": folder or None, "root": root}."""
+    Returns {"runs": [...], "aggregates": [...], "notes": [...], "skipped": [metrics.json paths], "chart":
+    compare.png, "charts": [...], "tensorboard": folder or None, "root": root}."""
     root = Path(root)
-    notes: list[str] = []
-    runs = sorted((read_run(folder, root) for folder in find_runs(root)), key=lambda r: sort_key(r.row))
+    runs, skipped = read_runs(root)
+    runs.sort(key=lambda r: sort_key(r.row))
+    notes = [f"{why}; that run is skipped" for why in skipped.values()]
     link_runs(runs, Predictions(notes))
+    notes += weak_teacher_notes(runs)
     groups = seed_groups(runs, notes)
     result = {"runs": [r.row for r in runs], "aggregates": [aggregate(group, root) for group in groups],
-              "notes": notes, "root": str(root)}
+              "notes": notes, "skipped": list(skipped), "root": str(root)}
     return result | write_charts(runs, groups, result, root)
 
 
@@ -307,7 +443,9 @@ def params_points(runs: list[Run], groups: list[list[Run]]) -> list[Point]:
         if point.baseline is not None and run.row["gain_interval"]:
             # The gain's interval around the baseline's accuracy: the whisker misses the baseline's dot
             # exactly when the interval excludes 0.
-            point.interval = tuple(point.baseline.accuracy + g for g in run.row["gain_interval"])
+            low, high = (point.baseline.accuracy + g for g in run.row["gain_interval"])
+            # The interval holds the gain; rounded to 4 decimals, a zero-width one may miss it by 1e-5.
+            point.interval = (min(low, point.accuracy), max(high, point.accuracy))
     for group in groups:
         members = [m for m in group if m in points]
         for index, member in enumerate(members):
@@ -325,8 +463,7 @@ def accuracy_points(runs: list[Run]) -> list[Point]:
     for run in runs:
         n = run.metrics.get("test_images")
         if run.accuracy is not None:
-            known = isinstance(n, int) and n > 0
-            interval = tuple(100 * v for v in stats.wilson_interval(run.accuracy, n)) if known else None
+            interval = tuple(100 * v for v in stats.wilson_interval(run.accuracy, n)) if n else None
             points.append(Point(run.name, run.row["params"] or 0, 100 * run.accuracy, run.row["role"] or "?",
                                 interval))
     return points
@@ -381,11 +518,47 @@ def per_class_charts(runs: list[Run], root: Path) -> list[tuple[str, str, object
     return charts
 
 
-def write_png(path: Path, image) -> None:
-    from PIL import Image
+# Every chart compare writes carries this PNG text chunk: the only files of a chart's name it ever replaces.
+CHART_MARK = ("Software", "distill compare")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    write_atomic(path, lambda fh: Image.fromarray(image).save(fh, format="PNG"),
+
+def write_png(path: Path, image) -> None:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*CHART_MARK)
+    write_atomic(path, lambda fh: Image.fromarray(image).save(fh, format="PNG", pnginfo=info),
                  advice="make the folder writable, or compare a writable copy of it")
+
+
+def free_or_mine(path: Path) -> bool:
+    """Whether compare may write a chart to `path`: nothing is there, or a chart it wrote itself (the mark
+    sits right after the PNG header). A user's file, a link, a folder or a FIFO of that name is kept."""
+    try:
+        head = read_regular(path, 4096, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    except (OSError, Skipped):
+        return False
+    key, text = CHART_MARK
+    return head.startswith(PNG_SIGNATURE) and b"tEXt" + f"{key}\0{text}".encode() in head
+
+
+def chart_name(root: Path, name: str) -> str:
+    """`name`, or where it is taken by a file compare did not write, <stem>.distill.png (-2, -3, ...)."""
+    stem = name.removesuffix(".png")
+    for candidate in (name, f"{stem}.distill.png", *(f"{stem}.distill-{i}.png" for i in range(2, 10))):
+        if free_or_mine(root / candidate):
+            return candidate
+    raise UserError(f"{name} and {stem}.distill*.png in {root} are files compare did not write; it keeps them")
+
+
+def moved_note(moved: list[tuple[str, str]], root: Path) -> str:
+    one = len(moved) == 1
+    return (f"{', '.join(old for old, _ in moved)} in {root} {'is not a chart' if one else 'are not charts'} "
+            f"of distill compare, left as {'it is' if one else 'they are'}: compare's "
+            f"chart{'' if one else 's'} went to {', '.join(new for _, new in moved)} instead")
 
 
 def events_folder(runs: list[Run]) -> Path:
@@ -417,14 +590,16 @@ def write_charts(runs: list[Run], groups: list[list[Run]], result: dict, root: P
     charts += per_class_charts(runs, root)
     folder = events_folder(runs)
     try:
-        for _, name, image in charts:
+        names = [chart_name(root, name) for _, name, _ in charts]
+        for name, (_, _, image) in zip(names, charts):
             write_png(root / name, image)
         log_to_tensorboard(folder, charts, markdown_summary(result))
     except (UserError, OSError) as err:  # a read-only folder of runs can still be compared: the table is the result
         result["notes"].append(f"charts not written ({err}); the table is complete")
         return {"chart": None, "charts": [], "tensorboard": None}
-    return {"chart": str(root / CHART_FILE), "charts": [str(root / name) for _, name, _ in charts],
-            "tensorboard": str(folder)}
+    moved = [(name, new) for (_, name, _), new in zip(charts, names) if new != name]
+    result["notes"] += [moved_note(moved, root)] if moved else []
+    return {"chart": str(root / names[0]), "charts": [str(root / name) for name in names], "tensorboard": str(folder)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -484,6 +659,12 @@ COLUMNS = [
     Column("wall time", field("wall_seconds", minutes), False, False),
     Column("img/s", field("train_images_per_second", lambda v: f"{v:,.0f}"), False, False),
 ]
+# Left out, first to last, where the width cannot hold every column: run names say role, arch and method
+# already, the statistics go last; run, test accuracy and gain always stay.
+DROP_FIRST = ("img/s", "wall time", "epochs", "GFLOPs", "role", "arch", "method", "seed", "best val", "KL",
+              "McNemar p", "agree", "params")
+RUN_WRAP = 20  # characters of a run name before a key column is left out to make room
+UNLIMITED = 10_000  # characters: --wide into a file or a pipe, where no edge limits the table
 SUMMARY_COLUMNS = ("params", "test acc", "gain [95% CI]", "McNemar p", "agree")
 CAPTION = ("gain: test accuracy minus the baseline's of the same arch, in points, with its 95% interval; "
            "agree: top-1 agreement with the teacher")
@@ -495,14 +676,13 @@ def compact_table(**options) -> Table:
                  caption_justify="left", **options)
 
 
-def runs_table(rows: list[dict], title: str, wide: bool) -> Table:
-    table = compact_table(title=title, caption=CAPTION)
-    columns = [c for c in COLUMNS if wide or c.key]
+def runs_table(rows: list[dict], columns: list[Column], run_width: int | None = None) -> Table:
+    table = compact_table(caption=CAPTION)
     for c in columns:
         # Only the run column may wrap: a cut number would read as another number, and rich cuts
         # non-wrapping cells with an ellipsis only when nothing else can give way.
         table.add_column(c.header, justify="left" if c.left else "right", no_wrap=c.header != "run",
-                         overflow="fold")
+                         overflow="fold", max_width=run_width if c.header == "run" else None)
     for row in rows:
         table.add_row(*(c.cell(row) for c in columns))
     return table
@@ -540,6 +720,80 @@ def seeds_table(aggregates: list[dict]) -> Table:
     return table
 
 
+def needed_width(console: Console, table: Table) -> int:
+    """The characters the table takes with no cell cut or folded (a run name either)."""
+    return Measurement.get(console, console.options.update_width(UNLIMITED), table).maximum
+
+
+def fitted_table(rows: list[dict], wide: bool, console: Console) -> tuple[Table, str | None]:
+    """The key columns (--wide: every column) less those, in DROP_FIRST order, the console's width cannot
+    hold; returns the table and, where columns were left out, a line that says which."""
+    wanted = [c for c in COLUMNS if wide or c.key]
+    full = needed_width(console, runs_table(rows, wanted))
+
+    def fits(columns: list[Column], column: Column) -> bool:
+        # A --wide column goes before a run name wraps; a key column only where names wrapped at
+        # RUN_WRAP characters would not make room.
+        return needed_width(console, runs_table(rows, columns, RUN_WRAP if column.key else None)) <= console.width
+
+    columns, dropped = list(wanted), []
+    for column in sorted((c for c in wanted if c.header in DROP_FIRST), key=lambda c: DROP_FIRST.index(c.header)):
+        if fits(columns, column):
+            break
+        columns, dropped = [c for c in columns if c is not column], [*dropped, column]
+    for column in reversed(dropped):  # a narrower one left out on the way may fit again, the most useful first
+        trial = [c for c in wanted if c in columns or c is column]
+        if fits(trial, column):
+            columns, dropped = trial, [c for c in dropped if c is not column]
+    if not dropped:
+        return runs_table(rows, columns), None
+    return runs_table(rows, columns), (f"left out to fit {console.width} columns: "
+                                       f"{', '.join(c.header for c in dropped)} (every column takes {full}; a wider "
+                                       f"terminal or --json shows them)")
+
+
+def output_width(wide: bool) -> int:
+    """$COLUMNS, else the terminal's width; off a terminal 80, or for --wide the table's own width (a file
+    or a log has no edge to fit)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        width = os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else 0
+    except (AttributeError, ValueError, OSError):  # no real file behind stdout (captured, say)
+        width = 0
+    return width or (UNLIMITED if wide else 80)  # a pseudo-terminal may report 0
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Line by line, without the spaces rich pads every line with up to the table's full width."""
+    for line in console.render_lines(table, pad=False):
+        while line and not line[-1].text.strip():
+            line.pop()
+        if line:
+            line[-1] = Segment(line[-1].text.rstrip(), line[-1].style)
+        console.print(Segments([*line, Segment.line()]))  # `end` applies to text only
+
+
+def unbroken(result: dict) -> tuple[str, ...]:
+    """The paths and run names the output may show, longest first: `say` never breaks one, spaces and all."""
+    rows = result["runs"]
+    names = {result.get("root", ""), *result.get("skipped", []), *(r["path"] for r in rows),
+             *(r["name"] for r in rows), *(Path(r["name"]).name for r in rows)}
+    return tuple(sorted((n for n in names if " " in n), key=len, reverse=True))
+
+
+def say(console: Console, text: str, whole: tuple[str, ...] = ()) -> None:
+    """Text wrapped at spaces, never inside a word or one of `whole` (paths): one longer than the line stands
+    on a line of its own and overflows, so it can still be copied."""
+    glue = "\0"  # not a space to textwrap
+    for name in whole:
+        text = text.replace(name, name.replace(" ", glue))
+    for line in textwrap.wrap(text, console.width, subsequent_indent="  ", break_long_words=False,
+                              break_on_hyphens=False):
+        console.print(line.replace(glue, " "), soft_wrap=True)  # soft_wrap: rich neither wraps nor cuts it
+
+
 def by_experiment(result: dict) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in result["runs"]:
@@ -547,25 +801,32 @@ def by_experiment(result: dict) -> dict[str, list[dict]]:
     return groups
 
 
-def print_comparison(result: dict, wide: bool = False, console: Console | None = None) -> None:
+def print_comparison(result: dict, wide: bool = False) -> None:
     """One table per experiment folder, a sentence per student gain, seed aggregates, notes, the charts."""
-    # markup off: run names and "[+0.80,+1.66]" are text, not rich markup. Piped into a file or a log,
-    # --wide gets the width it needs instead of 80 columns.
-    console = console or Console(highlight=False, markup=False,
-                                 width=None if not wide or sys.stdout.isatty() else 240)
+    width = output_width(wide)
+    # markup off: run names and "[+0.80,+1.66]" are text, not rich markup. A height too, or rich would
+    # take 80 columns on a TERM=dumb terminal whatever the width.
+    console = Console(highlight=False, markup=False, width=width, height=25)
+    whole = unbroken(result)
     for name, rows in by_experiment(result).items():
-        console.print(runs_table(rows, f"runs in {name}", wide))
+        console.print(f"runs in {name}", soft_wrap=True)  # a path: unbroken, where rich's title would break it
+        table, left_out = fitted_table(rows, wide, console)
+        print_table(console, table)
+        if left_out:
+            say(console, left_out)
         for line in filter(None, map(verdict, rows)):
-            console.print(line)
+            say(console, line, whole)
         aggregates = [a for a in result.get("aggregates", []) if a["experiment"] == name]
         if aggregates:
-            console.print(seeds_table(aggregates))
-    # Lines with paths are left to the terminal to wrap: rich would break a path where it cannot be copied.
+            print_table(console, seeds_table(aggregates))
     for note in result.get("notes", []):
-        console.print(f"note: {note}", soft_wrap=True)
-    if result.get("charts"):
-        where = f"; TensorBoard: tensorboard --logdir {result['root']}" if result.get("tensorboard") else ""
-        console.print(f"charts: {', '.join(result['charts'])}{where}", soft_wrap=True)
+        say(console, f"note: {note}", whole)
+    if result.get("charts"):  # each path whole on a line of its own, to copy
+        console.print("charts:")
+        for path in result["charts"]:
+            console.print(f"  {path}", soft_wrap=True)
+        if result.get("tensorboard"):
+            console.print(f"TensorBoard: tensorboard --logdir {shlex.quote(result['root'])}", soft_wrap=True)
 
 
 def markdown_summary(result: dict) -> str:

@@ -19,7 +19,7 @@ from distill.confusion import confusion_counts, confusion_png
 from distill.models import build_model
 from distill.runlog import HPARAM_COLUMNS
 from distill.runstate import Group, Run, steady_throughput
-from distill.stats import agreement, mean_kl, paired_comparison
+from distill.stats import agreement, mean_kl, paired_comparison, weak_teacher
 from distill.train import evaluate, unwrap
 
 
@@ -92,6 +92,24 @@ def add_gains(group: Group, metrics: list[dict], probs: list[torch.Tensor]) -> N
         gain, p_value = paired_comparison(p.argmax(1) == labels, probs[i].argmax(1) == labels)
         m.update(baseline=group.runs[i].out.name, gain_over_baseline=gain.points, gain_interval=[gain.low, gain.high],
                  mcnemar_p=p_value)
+
+
+def weak_teacher_line(student: dict, baseline: dict | None) -> str | None:
+    """The line that says a student's teacher tests below the baseline trained beside it (without one, below
+    the student itself): such a teacher cannot teach. None for every other run."""
+    teacher = student.get("teacher") or {}
+    reference = (student["baseline"], baseline["test_accuracy"]) if baseline else ("this student itself",
+                                                                                   student["test_accuracy"])
+    return weak_teacher(f"the teacher {teacher.get('path')}", teacher.get("test_accuracy"), *reference)
+
+
+def warn_weak_teachers(group: Group, metrics: list[dict]) -> None:
+    """Said at the end of a run, under its result line: a gain or loss next to a weak teacher misleads."""
+    by_name = {run.out.name: m for run, m in zip(group.runs, metrics)}
+    for run, m in zip(group.runs, metrics):
+        line = weak_teacher_line(m, by_name.get(m.get("baseline")))
+        if line:
+            run.logger.result(f"{run.out.name}: {line}")
 
 
 def write_predictions(group: Group, run: Run, probs: torch.Tensor) -> None:

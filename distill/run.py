@@ -21,6 +21,7 @@ from distill.results import (
     final_metrics,
     log_summary,
     test_best,
+    warn_weak_teachers,
     write_predictions,
 )
 from distill.runfolder import resume_command
@@ -135,6 +136,7 @@ def finish(group: Group) -> list[dict]:
         ckpt_io.write_text_atomic(json.dumps(m, indent=2), run.out / "metrics.json")
         log_summary(run, m, test["probs"], group.splits.test_y)
         run.logger.result(f"{run.out.name}: test accuracy {100 * m['test_accuracy']:.2f}% ({run.out / 'metrics.json'})")
+    warn_weak_teachers(group, metrics)
     return metrics
 
 

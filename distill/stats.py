@@ -110,6 +110,18 @@ def mean_kl(p_teacher, p_student) -> float:
     return (t * (t.log() - s.log())).sum(dim=1).mean().item()
 
 
+def weak_teacher(teacher: str, teacher_accuracy: float | None, reference: str,
+                 reference_accuracy: float | None) -> str | None:
+    """One sentence when a teacher tests below the student's baseline (or, with no baseline to hand, below the
+    student itself): its soft labels are worse than the plain labels, so a loss against the baseline judges
+    the teacher, not the method. None when either accuracy is unknown or the teacher is at least as good."""
+    if teacher_accuracy is None or reference_accuracy is None or teacher_accuracy >= reference_accuracy:
+        return None
+    return (f"{teacher} tests at {100 * teacher_accuracy:.2f}%, below {reference} at {100 * reference_accuracy:.2f}%: "
+            "a teacher must beat the student's baseline to teach, so the comparison judges the teacher, not "
+            "the method; train a stronger teacher first")
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (n - 1); the deviation is None for a single value."""
     if not values:

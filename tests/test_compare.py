@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from distill.chart import Series, format_params, most_different
 from distill.compare import ACCURACY_TAG, CHART_TAG, SUMMARY_TAG, compare, markdown_summary
 from test_bad_input import assert_one_line_error
+
+@pytest.fixture(autouse=True)
+def terminal(monkeypatch):
+    """What the output looks like must not depend on the caller's terminal: 80 columns, no colour, unless a
+    test says otherwise."""
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("NO_COLOR", "1")
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+
 
 N_TEST, CLASSES = 20, ["apple", "boat", "cloud"]
 LABELS = torch.arange(N_TEST) % len(CLASSES)
@@ -132,13 +145,14 @@ def test_json_output_chart_and_tensorboard_image(runs, cli):
     assert len(list(teacher.glob("events.out.tfevents.*.distill-compare"))) == 1
 
 
-def test_table_names_every_run_and_shows_dashes_without_predictions(runs, cli):
+def test_table_names_every_run_and_shows_dashes_without_predictions(runs, cli, monkeypatch):
     out = cli("compare", runs).out
     assert all(name in out for name in ("teacher-resnet50", "student-resnet20-kd", "+0.65", "-0.50"))
     assert "student-resnet20-kd: +0.65 points over baseline-resnet20 (without both runs' predictions.pt" \
         in flat(out)
     line = next(line for line in out.splitlines() if line.startswith("student-resnet20-dkd "))
     assert line.split()[-2:] == ["-0.50", "-"]  # no interval, no agreement
+    monkeypatch.setenv("COLUMNS", "200")
     assert "1m15.0s" in cli("compare", runs, "--wide").out
 
 
@@ -182,15 +196,14 @@ def test_seeds_aggregate_to_mean_sd_and_paired_t_test(scored, cli):
     assert "student resnet8x4 kd" in out and "78.33 ± 7.64" in out and "+18.33 ± 2.89" in out
 
 
-def test_the_default_table_reads_whole_in_80_columns(scored, cli, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "80")
+def test_the_default_table_reads_whole_in_80_columns(scored, cli):
     result = compare(scored)
     out = cli("compare", scored).out
     everything = out.splitlines()
     header = next(i for i, line in enumerate(everything) if line.startswith("run "))
     lines = everything[header:next(i for i, line in enumerate(everything) if line.startswith("gain: test accuracy"))]
     table = "\n".join(lines)
-    assert "…" not in out and max(len(line) for line in out.split("charts: ")[0].splitlines()) <= 80
+    assert "…" not in out and max(len(line) for line in lines) <= 80
     for row in result["runs"]:
         mine = next(line for line in lines if line.startswith(Path(row["name"]).name + " "))
         if row["gain_interval"]:
@@ -204,7 +217,8 @@ def test_the_default_table_reads_whole_in_80_columns(scored, cli, monkeypatch):
     assert "McNemar p = 0.289: not significant — within noise" in flat(out)
 
 
-def test_wide_shows_every_column(scored, cli):
+def test_wide_shows_every_column(scored, cli, monkeypatch):
+    monkeypatch.delenv("COLUMNS")  # and stdout is no terminal: a file or a log has no edge to fit
     out = cli("compare", scored, "--wide").out
     header = next(line for line in out.splitlines() if line.startswith("run "))
     for column in ("role", "arch", "method", "seed", "GFLOPs", "best val", "McNemar p", "agree", "KL", "epochs",
@@ -352,3 +366,232 @@ def test_a_read_only_folder_is_still_compared_and_the_note_says_why_no_charts(sc
     flat_out = " ".join(result.out.split())
     assert "charts not written" in flat_out and "Permission denied" in flat_out and "--out" not in flat_out
     assert "student-resnet8x4-kd-seed1" in flat_out and "charts: " not in flat_out  # the table, no chart line
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files compare did not write, hostile metrics.json, weak teachers, the terminal (issue 17).
+
+def user_png(path: Path, colour: str) -> None:
+    Image.new("RGB", (4, 4), colour).save(path)
+
+
+def test_charts_never_replace_a_file_compare_did_not_write(scored, cli, tmp_path):
+    user_png(tmp_path / "mine.png", "red")
+    user_png(scored / "compare.png", "blue")  # the user's own chart
+    (scored / "compare_accuracy.png").write_bytes(b"not even a PNG")
+    user_png(scored / "compare_accuracy.distill.png", "green")  # the first way out is taken too
+    (scored / "compare_per_class_resnet8x4.png").symlink_to(tmp_path / "mine.png")
+    before = digest(tmp_path)
+    result = json.loads(cli("compare", scored, "--json").out)
+    names = ["compare.distill.png", "compare_accuracy.distill-2.png", "compare_per_class_resnet8x4.distill.png"]
+    assert result["charts"] == [str(scored / name) for name in names] and result["chart"] == result["charts"][0]
+    assert result["notes"] == [
+        f"compare.png, compare_accuracy.png, compare_per_class_resnet8x4.png in {scored} are not charts of distill "
+        f"compare, left as they are: compare's charts went to {', '.join(names)} instead"]
+    assert {k: v for k, v in digest(tmp_path).items() if k in before} == before
+    assert (scored / "compare_per_class_resnet8x4.png").is_symlink()
+    for path in result["charts"]:
+        with Image.open(path) as image:
+            assert image.size[0] == 960
+    # The next comparison replaces its own charts where they are: no third name, the user's files untouched.
+    assert json.loads(cli("compare", scored, "--json").out)["charts"] == result["charts"]
+    assert {k: v for k, v in digest(tmp_path).items() if k in before} == before
+    assert len(list(scored.glob("compare*.png"))) == 4 + 3  # the user's and compare's
+
+
+def test_a_chart_compare_wrote_is_replaced_in_place(scored, cli):
+    first = json.loads(cli("compare", scored, "--json").out)
+    drawn = (scored / "compare.png").read_bytes()
+    path = scored / "student-resnet8x4-dkd" / "metrics.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"test_accuracy": 0.95}))
+    second = json.loads(cli("compare", scored, "--json").out)
+    assert second["charts"] == first["charts"] and first["notes"] == []
+    # (and predictions.pt that no longer match metrics.json lose their interval, not the whole comparison)
+    assert second["notes"] == ["student-resnet8x4-dkd: predictions.pt gives 35.00% test accuracy, metrics.json "
+                               "95.00% (another run's file?); treated as missing"]
+    assert (scored / "compare.png").read_bytes() != drawn and not list(scored.glob("*.distill*"))
+
+
+def test_a_fifo_a_device_or_an_oversized_metrics_json_is_skipped_with_a_note(runs):
+    exp = runs / "exp"
+    for name in ("fifo", "huge", "zero"):  # in this order: a blocked FIFO stops compare before /dev/zero
+        (exp / name).mkdir()
+    os.mkfifo(exp / "fifo" / "metrics.json")
+    (exp / "huge" / "metrics.json").write_text('{"role": "student"' + " " * (2 << 20) + "}")  # valid JSON, 2 MiB
+    (exp / "zero" / "metrics.json").symlink_to("/dev/zero")
+    done: dict = {}
+    thread = threading.Thread(target=lambda: done.update(result=compare(runs)), daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "compare blocked on a FIFO named metrics.json"
+    result = done["result"]
+    assert [r["name"] for r in result["runs"]] == [
+        "exp/teacher-resnet50", "exp/baseline-resnet20", "exp/student-resnet20-dkd", "exp/student-resnet20-kd",
+        "exp/student-resnet8x4-kd", "other/baseline-resnet8x4"]
+    assert result["notes"] == [
+        f"{exp / 'fifo' / 'metrics.json'} is a named pipe (FIFO), not a regular file; that run is skipped",
+        f"{exp / 'huge' / 'metrics.json'} is over 1 MiB, far more than a run's metrics take; that run is skipped",
+        f"{exp / 'zero' / 'metrics.json'} is a device file, not a regular file; that run is skipped"]
+
+
+BAD_FIELDS = [  # (field, value, how the note shows it)
+    ("role", ["student"], '["student"]'),
+    ("arch", 20, "20"),
+    ("method", {"kd": True}, '{"kd": true}'),
+    ("test_accuracy", "0.8", '"0.8"'),
+    ("test_accuracy", 1e308, "1e+308"),  # was a math domain error in the Wilson interval
+    ("test_accuracy", -0.1, "-0.1"),
+    ("best_val_accuracy", float("inf"), "Infinity"),
+    ("params", 10 ** 400, "1" + "0" * 38 + "…"),  # was an OverflowError
+    ("epochs", 2.5, "2.5"),
+    ("seed", True, "true"),
+    ("wall_seconds", -3, "-3"),
+    ("test_images", 0, "0"),
+    ("teacher", ["best.pt"], '["best.pt"]'),
+    ("teacher.path", 7, "7"),
+    ("teacher.test_accuracy", 2, "2"),
+    ("per_class_accuracy.boat", "high", '"high"'),
+]
+
+
+def test_a_field_of_the_wrong_type_or_range_skips_that_run_with_a_note(runs, cli):
+    """One run per bad field beside good runs, compared at once: a note per bad run, the good ones compared."""
+    good = {"role": "student", "arch": "resnet20", "method": "kd", "params": 270_000, "test_accuracy": 0.9,
+            "test_images": 20, "seed": 0, "teacher": {"path": "t/best.pt", "test_accuracy": 0.95},
+            "per_class_accuracy": {"apple": 0.9, "boat": 0.9}}
+    paths = []
+    for index, (field, value, _) in enumerate(BAD_FIELDS):
+        metrics = json.loads(json.dumps(good))
+        *parents, key = field.split(".")
+        target = metrics
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+        (runs / "bad" / f"run{index:02d}").mkdir(parents=True)
+        paths.append(runs / "bad" / f"run{index:02d}" / "metrics.json")
+        paths[-1].write_text(json.dumps(metrics))
+    result = cli("compare", runs, "--json")
+    assert result.code == 0, result.err
+    compared = json.loads(result.out)
+    assert [r["name"] for r in compared["runs"]] == [  # the good ones
+        "exp/teacher-resnet50", "exp/baseline-resnet20", "exp/student-resnet20-dkd", "exp/student-resnet20-kd",
+        "exp/student-resnet8x4-kd", "other/baseline-resnet8x4"]
+    assert len(compared["notes"]) == len(BAD_FIELDS)
+    for note, path, (field, _, shown) in zip(compared["notes"], paths, BAD_FIELDS):
+        assert note.startswith(f"{path}: {field} is {shown}, not ") and note.endswith("; that run is skipped"), note
+    assert compared["notes"][4] == f"{paths[4]}: test_accuracy is 1e+308, not a fraction from 0 to 1; that run is " \
+                                   f"skipped"
+    printed = cli("compare", runs)
+    assert printed.code == 0 and "Traceback" not in printed.err
+    assert f"note: {paths[1]}: arch is 20, not text; that run is skipped" in flat(printed.out)
+
+
+def test_a_folder_of_only_unreadable_runs_is_one_line_naming_the_first(scored, cli):
+    for path in scored.glob("*/metrics.json"):
+        path.write_text(json.dumps({"role": "student", "test_accuracy": "high"}))
+    assert_one_line_error(cli("compare", scored), f"no run under {scored} can be compared",
+                          "test_accuracy is \"high\", not a fraction from 0 to 1", "(and 7 more runs)")
+
+
+WEAK = {"path": "elsewhere/teacher-resnet50/best.pt", "arch": "resnet50", "test_accuracy": 0.296}
+TEACH = "a teacher must beat the student's baseline to teach"
+
+
+def test_a_teacher_weaker_than_the_baseline_is_a_note_under_the_table(tmp_path, cli):
+    exp = tmp_path / "exp"
+    fake_run(exp / "teacher-resnet50", "teacher", "resnet50", 0.296, params=23_500_000)
+    fake_run(exp / "baseline-resnet8", "baseline", "resnet8", 0.339, "none")
+    fake_run(exp / "student-resnet8-kd", "student", "resnet8", 0.296, "kd", teacher=WEAK)
+    fake_run(exp / "student-resnet8-dkd", "student", "resnet8", 0.31, "dkd", teacher=WEAK)
+    fake_run(exp / "student-resnet20-kd", "student", "resnet20", 0.28, "kd", teacher=WEAK)  # below its teacher
+    fake_run(exp / "student-resnet32-kd", "student", "resnet32", 0.35, "kd", teacher=WEAK)  # no baseline: itself
+    result = json.loads(cli("compare", tmp_path, "--json").out)
+    assert result["notes"] == [  # in the table's order: resnet32 sorts before resnet8
+        f"exp/student-resnet32-kd: the teacher exp/teacher-resnet50 tests at 29.60%, below exp/student-resnet32-kd "
+        f"itself at 35.00%: {TEACH}, so the comparison judges the teacher, not the method; train a stronger "
+        f"teacher first",
+        f"exp/student-resnet8-dkd, exp/student-resnet8-kd: the teacher exp/teacher-resnet50 tests at 29.60%, below "
+        f"exp/baseline-resnet8 at 33.90%: {TEACH}, so the comparison judges the teacher, not the method; "
+        f"train a stronger teacher first"]
+    out = cli("compare", tmp_path).out
+    table_end = out.index("gain: test accuracy")
+    assert out.index("note: exp/student-resnet8-dkd, exp/student-resnet8-kd: the teacher") > table_end
+    assert f"below exp/baseline-resnet8 at 33.90%: {TEACH}" in flat(out)
+
+
+def test_a_student_run_ends_saying_its_teacher_is_weaker_than_its_baseline():
+    from types import SimpleNamespace
+
+    from distill.results import warn_weak_teachers
+
+    said: list[str] = []
+    runs = [SimpleNamespace(out=Path("runs", name), logger=SimpleNamespace(result=said.append))
+            for name in ("student-resnet8-kd", "baseline-resnet8")]
+    student = {"role": "student", "test_accuracy": 0.296, "teacher": WEAK, "baseline": "baseline-resnet8"}
+    baseline = {"role": "baseline", "test_accuracy": 0.339, "teacher": None}
+    warn_weak_teachers(SimpleNamespace(runs=runs), [student, baseline])
+    assert said == [f"student-resnet8-kd: the teacher {WEAK['path']} tests at 29.60%, below baseline-resnet8 at "
+                    f"33.90%: {TEACH}, so the comparison judges the teacher, not the method; train a stronger "
+                    f"teacher first"]
+    said.clear()  # trained alone, a student that beats its teacher says so too
+    warn_weak_teachers(SimpleNamespace(runs=runs[:1]), [{**student, "baseline": None, "test_accuracy": 0.31}])
+    assert said == [f"student-resnet8-kd: the teacher {WEAK['path']} tests at 29.60%, below this student itself at "
+                    f"31.00%: {TEACH}, so the comparison judges the teacher, not the method; train a stronger "
+                    f"teacher first"]
+    said.clear()  # a teacher above the baseline, and the baseline itself, say nothing
+    warn_weak_teachers(SimpleNamespace(runs=runs), [{**student, "teacher": {**WEAK, "test_accuracy": 0.5}}, baseline])
+    assert said == []
+
+
+def printed_lines(cli, *args) -> list[str]:
+    result = cli("compare", *args)
+    assert result.code == 0, result.err
+    return result.out.splitlines()
+
+
+@pytest.mark.parametrize("columns", ["80", "100", "240"])
+def test_wide_fits_the_terminal_and_says_what_it_left_out(scored, cli, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", columns)
+    lines = printed_lines(cli, scored, "--wide")
+    paths = [line for line in lines if line.startswith(("runs in ", "  /", "TensorBoard: "))]
+    assert all(len(line) <= int(columns) for line in lines if line not in paths)
+    assert not any("…" in line for line in lines)
+    header = next(line for line in lines if line.startswith("run "))
+    for column in ("params", "test acc", "gain [95% CI]", "agree"):  # the key columns always stay
+        assert column in header
+    kd = next(line for line in lines if line.startswith("student-resnet8x4-kd "))
+    assert "+20.00 [" in kd and "80.00%" in kd and "90.00%" in kd
+    left_out = [line for line in lines if line.startswith("left out to fit")]
+    if columns == "240":  # the whole table needs 187
+        assert not left_out and "img/s" in header and "1,234" in kd
+    else:
+        assert left_out[0].startswith(f"left out to fit {columns} columns: img/s, wall time, ")
+        assert "img/s" not in header and ("McNemar p" in header) == (columns == "100")
+
+
+@pytest.mark.parametrize("wide", [[], ["--wide"]])
+def test_no_line_ends_in_a_space_and_every_path_stands_whole_on_its_line(scored, cli, wide):
+    lines = printed_lines(cli, scored, *wide)
+    assert lines and all(line == line.rstrip() for line in lines)
+    at = lines.index("charts:")
+    assert lines[at + 1:] == [f"  {scored / name}" for name in (
+        "compare.png", "compare_accuracy.png", "compare_per_class_resnet8x4.png")] + [
+        f"TensorBoard: tensorboard --logdir {scored}"]
+    assert lines[0] == f"runs in {scored}"
+
+
+def test_paths_with_spaces_stay_whole_on_a_narrow_terminal(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    root = tmp_path / "my runs"
+    fake_run(root / "exp" / "teacher resnet50", "teacher", "resnet50", 0.9)
+    fake_run(root / "exp" / "baseline resnet8", "baseline", "resnet8", 0.5, "none")
+    fake_run(root / "exp" / "student resnet8 kd", "student", "resnet8", 0.6, "kd")
+    (root / "exp" / "broken run").mkdir()
+    (root / "exp" / "broken run" / "metrics.json").write_text("[]")
+    lines = printed_lines(cli, root)
+    assert f"  {root / 'exp' / 'broken run' / 'metrics.json'}" in lines  # longer than a line: one of its own
+    assert "student resnet8 kd: +10.00 points over" in lines and "  baseline resnet8 (without both runs'" in lines
+    assert lines[0] == f"runs in {root / 'exp'}" and lines[-1] == f"TensorBoard: tensorboard --logdir '{root}'"
+    header = next(line for line in lines if line.startswith("run "))
+    assert header.split() == ["run", "test", "acc", "gain", "[95%", "CI]"]  # agree and params left out
+    assert "left out to fit 40 columns: agree, params (every column takes" in flat("\n".join(lines))
