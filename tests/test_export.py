@@ -156,3 +156,84 @@ def test_bad_options_answer_before_torch_is_imported(runs, args, needle):
 def test_out_may_not_be_the_checkpoint(cli, runs):
     result = cli("export", runs["resnet8"], "--format", "torchscript", "--out", runs["resnet8"])
     assert result.code == 2 and "is the checkpoint itself" in result.err
+
+
+def export_pair(folder: Path) -> dict[str, bytes]:
+    """Every file in `folder` (hidden temporaries included) and its bytes; a folder as None."""
+    return {p.name: None if p.is_dir() else p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def previous_export(cli, runs, folder: Path) -> Path:
+    """m.ts.pt and its sidecar from resnet8, for a later export of resnet14 to replace."""
+    folder.mkdir()
+    assert cli("export", runs["resnet8"], "--format", "torchscript", "--out", folder / "m.ts.pt").code == 0
+    return folder / "m.ts.pt"
+
+
+def test_a_folder_where_the_sidecar_goes_is_refused_before_anything_is_written(cli, runs, tmp_path):
+    out = previous_export(cli, runs, tmp_path / "out")
+    (tmp_path / "out" / "m.ts.pt.json").unlink()
+    (tmp_path / "out" / "m.ts.pt.json").mkdir()
+    before = export_pair(out.parent)
+    result = cli("export", runs["resnet14"], "--format", "torchscript", "--out", out)
+    assert export_pair(out.parent) == before
+    assert result.code == 2 and result.err.count("\n") == 1 and "m.ts.pt.json is a folder" in result.err, result.err
+
+
+def test_a_failed_rename_of_the_sidecar_puts_the_previous_model_back(cli, runs, tmp_path):
+    """Past the command line's check (a folder appearing meanwhile): the model was already replaced, and is
+    restored; no temporary is left."""
+    from distill.errors import UserError
+    from distill.export import export_checkpoint
+
+    out = previous_export(cli, runs, tmp_path / "out")
+    (tmp_path / "out" / "m.ts.pt.json").unlink()
+    (tmp_path / "out" / "m.ts.pt.json").mkdir()
+    before = export_pair(out.parent)
+    with pytest.raises(UserError) as failure:
+        export_checkpoint(runs["resnet14"], "torchscript", out, False)
+    assert export_pair(out.parent) == before
+    assert "the previous m.ts.pt and m.ts.pt.json, if any, are untouched" in str(failure.value)
+
+
+def test_a_disk_full_at_the_second_write_keeps_the_previous_model_and_sidecar(cli, runs, tmp_path, monkeypatch):
+    import errno
+
+    import distill.atomic as atomic
+
+    out = previous_export(cli, runs, tmp_path / "out")
+    before = export_pair(out.parent)
+    opened = []
+
+    class FillsUp:
+        """A file of the second write: the disk is full by then."""
+
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def open_filling(path, mode="r", *args, **kwargs):
+        fh = open(path, mode, *args, **kwargs)
+        opened.append(path)
+        return FillsUp(fh) if len(opened) == 2 else fh
+
+    monkeypatch.setattr(atomic, "open", open_filling, raising=False)  # the name atomic's writes look up first
+    result = cli("export", runs["resnet14"], "--format", "torchscript", "--out", out)
+    assert export_pair(out.parent) == before  # byte for byte, and no temporary left
+    assert len(opened) == 2 and result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "No space left on device" in result.err and "are untouched" in result.err
+    monkeypatch.undo()
+    assert cli("export", runs["resnet14"], "--format", "torchscript", "--out", out).code == 0
+    assert sorted(export_pair(out.parent)) == ["m.ts.pt", "m.ts.pt.json"]
+    assert json.loads((out.parent / "m.ts.pt.json").read_text())["checkpoint"] == str(runs["resnet14"].resolve())
