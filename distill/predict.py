@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from distill.augment import Preprocess
-from distill.checkpoint import load_checkpoint
+from distill.checkpoint import decode_size, load_checkpoint
 from distill.data.archive import extract_archive, is_archive
 from distill.data.dataset import one_line
 from distill.data.decode import decode_chunk
@@ -52,15 +52,7 @@ class Loaded:
 def load_for_inference(path: Path, device: torch.device) -> Loaded:
     ck = load_checkpoint(path)
     model, preprocess = model_from_checkpoint(ck, path, device)
-    return Loaded(ck, model, preprocess, decode_size(ck, path))
-
-
-def decode_size(ck: dict, path: Path) -> int:
-    size = ck["config"].get("image_size", ck["spec"]["input_size"])
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise UserError(f"{path} has damaged metadata (image size {size!r} is not an integer of at least 8): "
-                        f"use an unedited checkpoint written by distill")
-    return size
+    return Loaded(ck, model, preprocess, decode_size(ck))
 
 
 # ------------------------------------------------------------------------------------ finding images

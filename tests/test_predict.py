@@ -172,15 +172,28 @@ class MakesFile:
         return (open, ("pwned.txt", "w"))
 
 
+# A checkpoint edited by hand, the fields predict and export read of the wrong type, and the words of each refusal.
+DAMAGED = {
+    "config_list": (lambda ck: {**ck, "config": list(ck["config"])}, "its config is list, not a table of settings"),
+    "model_tensor": (lambda ck: {**ck, "model": torch.zeros(3)}, "its 'model' weights are Tensor, not a state_dict"),
+    "ema_list": (lambda ck: {**ck, "ema": [1], "eval_weights": "ema"}, "its 'ema' weights are list"),
+    "size_text": (lambda ck: {**ck, "config": {**ck["config"], "image_size": "16"}}, "image size '16' is not"),
+}
+
+
 def hostile_checkpoints(folder: Path, run: Path) -> list[tuple[Path, str]]:
-    """A pickle that would run code, a plain state_dict and random bytes, with a word of each refusal."""
+    """A pickle that would run code, a plain state_dict, random bytes and the DAMAGED edits of the run's best.pt,
+    with a word of each refusal."""
     folder.mkdir(exist_ok=True)
     torch.save({"format": "distill-checkpoint", "model": MakesFile()}, folder / "code.pt")
     ck = torch.load(run / "best.pt", weights_only=True)
     torch.save(ck["model"], folder / "plain.pt")
     (folder / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    for name, (edit, _) in DAMAGED.items():
+        torch.save(edit(ck), folder / f"{name}.pt")
     return [(folder / "code.pt", "could run code"), (folder / "plain.pt", "not a distill checkpoint"),
-            (folder / "random.pt", "not a PyTorch checkpoint")]
+            (folder / "random.pt", "not a PyTorch checkpoint"),
+            *((folder / f"{name}.pt", f"damaged metadata ({words}") for name, (_, words) in DAMAGED.items())]
 
 
 def test_hostile_or_foreign_checkpoints_are_refused_in_one_line(cli, run, tmp_path, monkeypatch):
