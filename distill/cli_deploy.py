@@ -103,8 +103,8 @@ def predict_command(
         print_predictions(rows)
     failed = sum(row["top"] is None for row in rows)
     if failed:
-        raise UserError(f"{failed} of {len(rows)} files could not be read (named above); the others were classified",
-                        exit_code=1)
+        others = "; the others were classified" if failed < len(rows) else ""
+        raise UserError(f"{failed} of {len(rows)} files could not be read (named above){others}", exit_code=1)
 
 
 def print_json_line(row: dict) -> None:

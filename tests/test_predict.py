@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import tarfile
 import zipfile
@@ -123,15 +124,91 @@ def test_archives_give_the_same_predictions_as_the_folder(cli, run, tmp_path):
     assert not (tmp_path.parent / "outside.png").exists()
 
 
-def test_an_unsafe_tar_is_refused(cli, run, tmp_path):
-    data = (data_of(run) / "test" / "apple" / "0000.png").read_bytes()
+def test_an_unsafe_tar_is_refused_and_the_other_files_classified(cli, run, tmp_path):
+    good = data_of(run) / "test" / "apple" / "0000.png"
     with tarfile.open(tmp_path / "evil.tar", "w") as tar:
         info = tarfile.TarInfo("../evil.png")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    result = cli("predict", run / "best.pt", tmp_path / "evil.tar", "--device", "cpu")
-    assert result.code == 2 and result.err.count("\n") == 1 and "unsafe entry" in result.err, result.err
+        info.size = good.stat().st_size
+        tar.addfile(info, io.BytesIO(good.read_bytes()))
+    code, rows, err = predict_json(cli, run / "best.pt", tmp_path / "evil.tar", good)
+    assert code == 1 and err.count("\n") == 2 and "evil.tar has an unsafe entry '../evil.png'" in err, err
+    assert [r["file"] for r in rows] == [str(good)]
     assert not (tmp_path / "evil.png").exists()
+
+
+def patched_zip(image: bytes, field: tuple[int, int], value: int) -> bytes:
+    """A zip of one image with a 2-byte field set to `value` in its local and central headers (offsets of
+    `field` there: APPNOTE 4.3.7 and 4.3.12), as a zip tool other than Python's would write it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("photos/0000.png", image)
+    data = bytearray(buffer.getvalue())
+    for signature, offset in zip((b"PK\x03\x04", b"PK\x01\x02"), field):
+        at = data.index(signature) + offset
+        data[at:at + 2] = value.to_bytes(2, "little")
+    return bytes(data)
+
+
+FLAGS, METHOD = (6, 8), (8, 10)  # where the general-purpose flags and the compression method are
+
+
+def unreadable_input(kind: str, folder: Path, image: Path) -> Path:
+    """One file predict cannot read, beside good ones: archives zipfile or tarfile refuse, and special files."""
+    path = folder / kind
+    if kind == "encrypted.zip":
+        path.write_bytes(patched_zip(image.read_bytes(), FLAGS, 0x1))
+    elif kind == "deflate64.zip":  # method 9, which zipfile cannot decompress
+        path.write_bytes(patched_zip(image.read_bytes(), METHOD, 9))
+    elif kind == "broken.tar.gz":
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(image.parent, arcname="photos")
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "broken.zip":
+        path.write_bytes(b"PK\x03\x04" + bytes(200))
+    elif kind == "fifo.png":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    return path
+
+
+UNREADABLE = {
+    "encrypted.zip": "is encrypted (photos/0000.png needs a password): unpack it yourself",
+    "deflate64.zip": "is compressed with deflate64 (photos/0000.png), which Python's zipfile cannot read: unpack",
+    "broken.tar.gz": "cannot unpack archive",
+    "broken.zip": "cannot unpack archive",
+    "fifo.png": "is a named pipe (FIFO), not an image file: skipped it (predict reads regular files only)",
+    "zero.png": "is a device file, not an image file: skipped it",
+}
+
+
+@pytest.mark.parametrize("kind", UNREADABLE)
+def test_an_unreadable_input_is_named_and_the_others_classified(cli, run, tmp_path, kind):
+    """The contract: that file named on stderr, the others classified, exit 1."""
+    good = sorted((data_of(run) / "test" / "boat").glob("*.png"))[:2]
+    bad = unreadable_input(kind, tmp_path, good[0])
+    code, rows, err = predict_json(cli, run / "best.pt", good[0], bad, good[1])
+    assert [r["file"] for r in rows] == [str(good[0]), str(good[1])], err
+    lines = err.splitlines()
+    assert code == 1 and len(lines) == 2 and lines[0].startswith("error: ") and str(bad) in lines[0], err
+    assert UNREADABLE[kind] in lines[0], err
+    assert lines[1] == "error: 1 of 3 files could not be read (named above); the others were classified"
+    assert "data set" not in err and "--data" not in err  # predict's words, not training's
+
+
+def test_a_fifo_or_device_inside_a_folder_skips_only_that_file(cli, run, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = sorted((data_of(run) / "test" / "cloud").glob("*.png"))[:2]
+    for path in good:
+        (folder / path.name).write_bytes(path.read_bytes())
+    fifo, zero = (unreadable_input(kind, folder, good[0]) for kind in ("fifo.png", "zero.png"))
+    code, rows, err = predict_json(cli, run / "best.pt", folder)
+    assert [r["file"] for r in rows] == [str(folder / p.name) for p in good], err
+    lines = err.splitlines()
+    assert code == 1 and len(lines) == 3, err
+    assert lines[0] == f"error: {fifo} {UNREADABLE['fifo.png']}" and lines[1].startswith(f"error: {zero} is a device")
+    assert lines[2] == "error: 2 of 4 files could not be read (named above); the others were classified"
 
 
 def imports_torch(importtime_stderr: str) -> bool:
