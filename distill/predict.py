@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import zipfile
@@ -198,18 +199,65 @@ def predict_paths(checkpoint: Path, paths: list[Path], top_k: int, tta: bool, de
 
 
 def print_predictions(rows: list[dict]) -> None:
+    """A table of file and top-k classes. A long file name is folded after its path separators only, never inside
+    a name; when a part of it does not fit beside the classes, each class goes over its percentage, and when it
+    still does not fit, the table is wider than the terminal."""
     from rich.console import Console
-    from rich.table import Table
-
-    from distill.compare import percent
+    from rich.measure import Measurement
 
     done = [r for r in rows if r["top"] is not None]
     if not done:
         return
+    console = Console(highlight=False, markup=False)  # class and file names are text, not rich markup
+    unbounded = console.options.update_width(1 << 20)  # what the table needs, not what the terminal has
+
+    def needed(table) -> int:
+        return Measurement.get(console, unbounded, table).maximum
+
+    widest = max(widest_part(r["file"]) for r in done)
+    for between in (" ", "\n"):  # class and percentage side by side, else one over the other
+        room = console.width - (needed(prediction_table(done, [""] * len(done), between)) - len("file"))
+        if room >= widest:
+            break
+    table = prediction_table(done, [fold_at_separators(r["file"], max(room, widest)) for r in done], between)
+    console.width = max(console.width, needed(table))
+    console.print(table)
+
+
+def prediction_table(done: list[dict], file_cells: list[str], between: str):
+    from rich.table import Table
+
+    from distill.compare import percent
+
     table = Table()
-    table.add_column("file", overflow="fold")
-    for rank in range(len(done[0]["top"])):
-        table.add_column(f"top {rank + 1}" if len(done[0]["top"]) > 1 else "class")
-    for row in done:
-        table.add_row(row["file"], *(f"{t['class']} {percent(t['probability'])}" for t in row["top"]))
-    Console(highlight=False, markup=False).print(table)  # class and file names are text, not rich markup
+    table.add_column("file", no_wrap=True)  # folded by fold_at_separators: rich would break names anywhere
+    ranks = len(done[0]["top"])
+    for rank in range(ranks):
+        table.add_column(f"top {rank + 1}" if ranks > 1 else "class", no_wrap=True)
+    for row, cell in zip(done, file_cells):
+        table.add_row(cell, *(f"{t['class']}{between}{percent(t['probability'])}" for t in row["top"]))
+    return table
+
+
+def path_parts(name: str) -> list[str]:
+    """A file name cut after each path separator: "a/b/c.png" -> ["a/", "b/", "c.png"]."""
+    return re.findall(r"[^/]*/|[^/]+", name)
+
+
+def widest_part(name: str) -> int:
+    from rich.cells import cell_len
+
+    return max(map(cell_len, path_parts(name)))
+
+
+def fold_at_separators(name: str, width: int) -> str:
+    """`name` over lines of at most `width` terminal cells, each line ending at a path separator; a part wider
+    than `width` stays whole on a line of its own."""
+    from rich.cells import cell_len
+
+    lines = [""]
+    for part in path_parts(name):
+        if lines[-1] and cell_len(lines[-1] + part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)

@@ -53,13 +53,71 @@ def test_predict_matches_the_runs_test_predictions(cli, run):
     assert torch.allclose(probs, saved["probs"].float(), atol=2e-3)  # predictions.pt keeps float16
 
 
-def test_table_shows_files_classes_and_percentages(cli, run):
+def test_table_shows_files_classes_and_percentages(cli, run, monkeypatch):
     image = data_of(run) / "test" / "boat" / "0001.png"
+    plain_terminal(monkeypatch, 80)
     result = cli("predict", run / "best.pt", image, "--top-k", "2", "--device", "cpu")
     assert result.code == 0 and result.err == "", result.err
     assert "top 1" in result.out and "top 2" in result.out and "%" in result.out
     first_cells = [line.split("│")[1].strip() for line in result.out.splitlines() if line.startswith("│")]
     assert "".join(first_cells) == str(image)  # a long path is folded over lines, never cut
+
+
+def plain_terminal(monkeypatch, columns: int) -> None:
+    """The table as on a terminal `columns` wide, whatever the caller's TERM, COLUMNS and colour settings."""
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "LINES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", str(columns))
+
+
+def file_cells(table: str, names: list[str]) -> list[list[str]]:
+    """The lines of the file column that make up each of `names`, in order."""
+    cells = [cell for line in table.splitlines() if line.startswith("│") if (cell := line.split("│")[1].strip())]
+    found = []
+    for name in names:
+        lines: list[str] = []
+        while cells and len("".join(lines)) < len(name):
+            lines.append(cells.pop(0))
+        found.append(lines)
+    return found
+
+
+LONG_NAMES = ["photos/holiday_2024_summer/day_03_walk_along_the_northern_coast/raw_exports_from_camera/"
+              "IMG_20240817_183012_portrait_mode_edited_final.png",
+              "photos/holiday_2024_summer/day_03_walk_along_the_northern_coast/IMG_20240817_183514.png",
+              "photos/short.png"]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_long_file_names_fold_only_after_a_path_separator(cli, run, tmp_path, monkeypatch, columns):
+    monkeypatch.chdir(tmp_path)
+    for name in LONG_NAMES:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_bytes((data_of(run) / "test" / "boat" / "0000.png").read_bytes())
+    plain_terminal(monkeypatch, columns)
+    result = cli("predict", run / "best.pt", *LONG_NAMES, "--device", "cpu")
+    assert result.code == 0 and result.err == "", result.err
+    assert max(map(len, result.out.splitlines())) <= columns, result.out
+    for name, lines in zip(LONG_NAMES, file_cells(result.out, LONG_NAMES)):
+        assert "".join(lines) == name, result.out
+        assert all(line.endswith("/") for line in lines[:-1]), result.out  # never inside a folder or file name
+    assert len(file_cells(result.out, LONG_NAMES)[0]) > 1  # the longest was folded, not printed past the edge
+
+
+def test_a_part_wider_than_the_terminal_stays_whole(cli, run, tmp_path, monkeypatch):
+    """A folder name no table of 80 columns can hold: the column is wider than the terminal, the name unbroken."""
+    monkeypatch.chdir(tmp_path)
+    name = "photos/" + "a_folder_name_longer_than_any_table_at_eighty_columns_can_hold_beside_classes" * 2 + "/x.png"
+    Path(name).parent.mkdir(parents=True)
+    Path(name).write_bytes((data_of(run) / "test" / "boat" / "0000.png").read_bytes())
+    plain_terminal(monkeypatch, 80)
+    result = cli("predict", run / "best.pt", name, "photos", "--device", "cpu")
+    assert result.code == 0 and result.err == "", result.err
+    long_part = name.split("/")[1] + "/"
+    assert [line.split("│")[1].strip() for line in result.out.splitlines() if long_part in line] == [long_part] * 2
+    assert file_cells(result.out, [name, name]) == [["photos/", long_part, "x.png"]] * 2
 
 
 def write_modes(folder: Path) -> dict[str, Path]:
