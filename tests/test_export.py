@@ -1,18 +1,22 @@
 """`distill export`: every format round-trips with parity for a teacher and two students, dynamic batch takes
-1 and 7, the ONNX file needs only its sidecar, the README's onnxruntime example runs, and a failed parity check,
-a missing extra or a hostile checkpoint leaves nothing behind."""
+1 and 7, the README's export command and onnxruntime example run as written (the ONNX file needs only its
+sidecar), model and sidecar are replaced together or not at all, and a failed parity check, a missing extra or
+a hostile checkpoint leaves nothing behind."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from conftest import tiny_teach_args, write_image_tree
 from distill.cli import main
@@ -91,22 +95,37 @@ def test_default_out_is_beside_the_checkpoint_and_the_batch_is_1(cli, runs):
     assert (folder / "best.pt2").is_file() and (folder / "best.pt2.json").is_file()
 
 
-def readme_example() -> str:
+def readme_deploy_blocks(language: str) -> list[str]:
+    """The code blocks of the README's "Deploy the student" section in `language`, as a user copies them."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Deploy the student"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    start = text.index("## Deploy the student")
+    section = text[start:text.index("\n## ", start)]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
 
 
-def test_readme_onnxruntime_example_needs_only_the_file_and_its_sidecar(cli, runs, tmp_path, capsys):
-    """The README's code, run as written on a file whose checkpoint is gone: its answer is predict's."""
-    out = tmp_path / "student.onnx"
-    assert cli("export", runs["resnet14"], "--format", "onnx", "--out", out).code == 0
-    image = runs["resnet14"].parents[1] / "data" / "test" / "cloud" / "0002.png"
-    predicted = json.loads(cli("predict", runs["resnet14"], image, "--json", "--device", "cpu").out)["top"][0]
-    code = readme_example().replace("runs/resnet20/best.onnx", str(out)).replace("photo.jpg", str(image))
+def readme_export_command() -> list[str]:
+    """The README's `distill export` line without its optional [...] parts: the arguments after `distill`."""
+    line = next(line for line in readme_deploy_blocks("bash")[0].splitlines() if line.startswith("distill export "))
+    return shlex.split(re.sub(r"\s*\[[^]]*\]", "", line))[1:]
+
+
+def test_readme_export_and_onnxruntime_example_run_as_written(cli, runs, tmp_path, monkeypatch, capsys):
+    """The README's export command and then its Python code, run as written (in a folder holding the checkpoint
+    at the README's path and a photo.jpg), with the checkpoint gone by then: its answer is predict's."""
+    monkeypatch.chdir(tmp_path)
+    args = readme_export_command()
+    checkpoint = Path(args[1])
+    checkpoint.parent.mkdir(parents=True)
+    shutil.copy(runs["resnet14"], checkpoint)
+    assert cli(*args).code == 0
+    Image.open(runs["resnet14"].parents[1] / "data" / "test" / "cloud" / "0002.png").save("photo.jpg")
+    top = json.loads(cli("predict", checkpoint, "photo.jpg", "--json", "--device", "cpu").out)["top"][0]
+    checkpoint.unlink()  # the model file and its sidecar are all the example needs
+    (code,) = readme_deploy_blocks("python")
     capsys.readouterr()
     exec(compile(code, "README.md", "exec"), {})
-    assert capsys.readouterr().out.split()[0] == predicted["class"]
+    name, shown = capsys.readouterr().out.split()
+    assert name == top["class"] and abs(float(shown.rstrip("%")) - 100 * top["probability"]) <= 0.05 + 1e-3
 
 
 def test_a_failed_parity_check_writes_nothing_and_exits_2(cli, runs, tmp_path, monkeypatch):
