@@ -38,7 +38,8 @@ from distill.evaluation import model_from_checkpoint
 
 MAX_UNZIPPED = 8 << 30  # bytes a .zip may declare: a zip bomb declares far more than its own size
 ZIP_ENCRYPTED = 0x1  # bit 0 of a zip member's flags (APPNOTE 4.4.4): zipfile would need its password
-ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}  # those it reads
+ZIP_METHODS = {getattr(zipfile, name) for name in ("ZIP_STORED", "ZIP_DEFLATED", "ZIP_BZIP2", "ZIP_LZMA",
+                                                   "ZIP_ZSTANDARD") if hasattr(zipfile, name)}  # those it reads
 
 
 @dataclass
@@ -117,8 +118,8 @@ def unzip(archive: Path, dest: Path) -> Path:
             check_zip_members(archive, members)
             dest.mkdir()  # also for a zip without images: then "no images found", not an unlistable folder
             zf.extractall(dest, members)  # a member larger than it declares fails its CRC check here
-    # NotImplementedError: a method of ZIP_METHODS whose module (bz2, lzma) this Python lacks
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError) as err:
+    # RuntimeError: a method of ZIP_METHODS whose module (bz2, lzma) this Python was built without
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, RuntimeError) as err:
         raise UserError(f"cannot unpack archive {archive} ({one_line(err)}): check that it is complete, or unpack "
                         f"it yourself and pass the folder") from None
     return dest
