@@ -141,9 +141,10 @@ def load_resumable(path: Path) -> dict:
 
 
 def check_metadata(ckpt: dict, path: Path) -> None:
-    """The model spec, classes and normalization a checkpoint brings: hand-edited or damaged ones are refused
-    in one line here, instead of failing somewhere inside model building or preprocessing."""
-    problem = metadata_problem(ckpt["spec"], ckpt["classes"], ckpt["normalization"])
+    """The model spec, classes, normalization, settings and weights a checkpoint brings: hand-edited or damaged
+    ones are refused in one line here, instead of failing somewhere inside model building or preprocessing."""
+    problem = (metadata_problem(ckpt["spec"], ckpt["classes"], ckpt["normalization"]) or config_problem(ckpt["config"])
+               or weights_problem(ckpt))
     if problem:
         raise UserError(f"{path} has damaged metadata ({problem}): use an unedited checkpoint written by distill")
 
@@ -162,6 +163,38 @@ def metadata_problem(spec: object, classes: object, norm: object) -> str | None:
     if not _valid_normalization(norm):
         return "its normalization is not 3 finite means and 3 positive finite stds"
     return None
+
+
+def config_problem(config: object) -> str | None:
+    """The run's settings that evaluate, predict and export read back (the data, its decode size, the seed)."""
+    if not isinstance(config, dict):
+        return f"its config is {type(config).__name__}, not a table of settings"
+    size = config.get("image_size")
+    if size is not None and not (is_int(size) and size >= 8):
+        return f"image size {size!r} is not an integer of at least 8"
+    if not isinstance(config.get("data"), (str, type(None))):
+        return f"its data {config['data']!r} is not a path"
+    if not is_int(config.get("seed", 0)):
+        return f"its seed {config['seed']!r} is not an integer"
+    return None
+
+
+def weights_problem(ckpt: dict) -> str | None:
+    """The weights (and the EMA's, when there are any) must be a state_dict: names to tensors."""
+    weights = {"model": ckpt["model"], **({"ema": ckpt["ema"]} if ckpt.get("ema") is not None else {})}
+    for key, value in weights.items():
+        if not looks_like_state_dict(value):
+            return f"its {key!r} weights are {type(value).__name__}, not a state_dict of tensors"
+    return None
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decode_size(ckpt: dict) -> int:
+    """The side length the run's images were decoded to (--image-size); the model may resize them further."""
+    return ckpt["config"].get("image_size", ckpt["spec"]["input_size"])
 
 
 def _valid_normalization(norm: object) -> bool:

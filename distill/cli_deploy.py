@@ -56,10 +56,18 @@ def default_out(checkpoint: Path, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
 
 
+def sidecar_path(out: Path) -> Path:
+    """Where an exported file's metadata goes: <file>.json beside it."""
+    return out.with_name(out.name + ".json")
+
+
 def check_out(out: Path, checkpoint: Path) -> None:
     if out.is_dir():
         example = out / default_out(checkpoint, "onnx").name
         raise UserError(f"--out {out} is a folder: name the model file, e.g. {example}")
+    if sidecar_path(out).is_dir():
+        raise UserError(f"{sidecar_path(out)} is a folder, where the sidecar of --out {out} goes: move that folder "
+                        f"or choose another --out")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} of --out does not exist: create it or choose another --out")
     if out.resolve() == checkpoint.resolve():
@@ -95,8 +103,8 @@ def predict_command(
         print_predictions(rows)
     failed = sum(row["top"] is None for row in rows)
     if failed:
-        raise UserError(f"{failed} of {len(rows)} files could not be read (named above); the others were classified",
-                        exit_code=1)
+        others = "; the others were classified" if failed < len(rows) else ""
+        raise UserError(f"{failed} of {len(rows)} files could not be read (named above){others}", exit_code=1)
 
 
 def print_json_line(row: dict) -> None:

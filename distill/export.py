@@ -19,6 +19,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import secrets
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -26,9 +29,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from distill import atomic
 from distill.augment import Preprocess, to_float
-from distill.checkpoint import write_atomic, write_text_atomic
-from distill.cli_deploy import DEFAULT_OPSET, FORMATS
+from distill.cli_deploy import DEFAULT_OPSET, FORMATS, sidecar_path
 from distill.errors import UserError
 from distill.predict import Loaded, load_for_inference
 
@@ -153,16 +156,76 @@ def sidecar(loaded: Loaded, checkpoint: Path, fmt: str, out: Path, dynamic: bool
 
 
 def write_files(out: Path, data: bytes, meta: dict) -> None:
-    write_atomic(out, lambda fh: fh.write(data))
+    """The model file and its sidecar, both replaced or neither: a file without its sidecar has no class names,
+    and a new file beside an old sidecar would be read with the old one's classes and size."""
+    staged: dict[Path, Path] = {}
     try:
-        write_text_atomic(json.dumps(meta, indent=2) + "\n", sidecar_path(out))
-    except BaseException:
-        out.unlink(missing_ok=True)  # without its sidecar the file has no class names
+        for target, content in ((out, data), (sidecar_path(out), (json.dumps(meta, indent=2) + "\n").encode())):
+            staged[target] = stage(content, target, out)
+        replace_together(staged)
+    except OSError as exc:
+        raise not_written(out, exc) from None
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+
+
+def not_written(out: Path, exc: OSError) -> UserError:
+    return UserError(f"could not write {out} and {sidecar_path(out).name} ({exc.strerror or exc}): free disk space "
+                     f"or choose another --out; the previous {out.name} and {sidecar_path(out).name}, if any, are "
+                     f"untouched")
+
+
+def stage(content: bytes, target: Path, out: Path) -> Path:
+    """`content` complete and synced in a hidden temporary beside `target`, for replace_together to rename."""
+    tmp = hidden_temp(target)
+    # temp=tmp: written in place (its rename onto itself does nothing); a failed write leaves no temporary
+    atomic.write_atomic(tmp, lambda fh: fh.write(content), lambda exc: not_written(out, exc), temp=tmp)
+    return tmp
+
+
+def hidden_temp(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{secrets.token_hex(6)}{atomic.TEMP_SUFFIX}")
+
+
+def replace_together(staged: dict[Path, Path]) -> None:
+    """Rename each staged temporary over its target, all or none: when one rename fails, every target already
+    replaced gets its previous file back (kept under a second name until the end) or is removed if it had none."""
+    previous: dict[Path, Path] = {}
+    replaced: list[Path] = []
+    try:
+        for target in staged:
+            if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink()):
+                previous[target] = keep_previous(target)
+        for target, tmp in staged.items():
+            os.replace(tmp, target)
+            replaced.append(target)
+    except BaseException:  # an interruption too: never one new file beside the other's old one
+        for target in reversed(replaced):
+            if target in previous:
+                os.replace(previous.pop(target), target)
+            else:
+                target.unlink()
         raise
+    finally:
+        for kept in previous.values():
+            kept.unlink(missing_ok=True)
+    atomic.fsync_dir(next(iter(staged)).parent)
 
 
-def sidecar_path(out: Path) -> Path:
-    return out.with_name(out.name + ".json")
+def keep_previous(target: Path) -> Path:
+    """A second name for the file at `target` (a hard link: no copy, no space; a copy where the filesystem has no
+    links), to put it back after `target` was replaced."""
+    kept = hidden_temp(target)
+    try:
+        os.link(target, kept, follow_symlinks=False)
+    except OSError:
+        try:
+            shutil.copy2(target, kept, follow_symlinks=False)
+        except OSError:
+            kept.unlink(missing_ok=True)
+            raise
+    return kept
 
 
 def export_checkpoint(checkpoint: Path, fmt: str, out: Path, dynamic: bool, opset: int = DEFAULT_OPSET) -> dict:

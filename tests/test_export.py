@@ -1,18 +1,22 @@
 """`distill export`: every format round-trips with parity for a teacher and two students, dynamic batch takes
-1 and 7, the ONNX file needs only its sidecar, the README's onnxruntime example runs, and a failed parity check,
-a missing extra or a hostile checkpoint leaves nothing behind."""
+1 and 7, the README's export command and onnxruntime example run as written (the ONNX file needs only its
+sidecar), model and sidecar are replaced together or not at all, and a failed parity check, a missing extra or
+a hostile checkpoint leaves nothing behind."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from conftest import tiny_teach_args, write_image_tree
 from distill.cli import main
@@ -91,22 +95,37 @@ def test_default_out_is_beside_the_checkpoint_and_the_batch_is_1(cli, runs):
     assert (folder / "best.pt2").is_file() and (folder / "best.pt2.json").is_file()
 
 
-def readme_example() -> str:
+def readme_deploy_blocks(language: str) -> list[str]:
+    """The code blocks of the README's "Deploy the student" section in `language`, as a user copies them."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Deploy the student"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    start = text.index("## Deploy the student")
+    section = text[start:text.index("\n## ", start)]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
 
 
-def test_readme_onnxruntime_example_needs_only_the_file_and_its_sidecar(cli, runs, tmp_path, capsys):
-    """The README's code, run as written on a file whose checkpoint is gone: its answer is predict's."""
-    out = tmp_path / "student.onnx"
-    assert cli("export", runs["resnet14"], "--format", "onnx", "--out", out).code == 0
-    image = runs["resnet14"].parents[1] / "data" / "test" / "cloud" / "0002.png"
-    predicted = json.loads(cli("predict", runs["resnet14"], image, "--json", "--device", "cpu").out)["top"][0]
-    code = readme_example().replace("runs/resnet20/best.onnx", str(out)).replace("photo.jpg", str(image))
+def readme_export_command() -> list[str]:
+    """The README's `distill export` line without its optional [...] parts: the arguments after `distill`."""
+    line = next(line for line in readme_deploy_blocks("bash")[0].splitlines() if line.startswith("distill export "))
+    return shlex.split(re.sub(r"\s*\[[^]]*\]", "", line))[1:]
+
+
+def test_readme_export_and_onnxruntime_example_run_as_written(cli, runs, tmp_path, monkeypatch, capsys):
+    """The README's export command and then its Python code, run as written (in a folder holding the checkpoint
+    at the README's path and a photo.jpg), with the checkpoint gone by then: its answer is predict's."""
+    monkeypatch.chdir(tmp_path)
+    args = readme_export_command()
+    checkpoint = Path(args[1])
+    checkpoint.parent.mkdir(parents=True)
+    shutil.copy(runs["resnet14"], checkpoint)
+    assert cli(*args).code == 0
+    Image.open(runs["resnet14"].parents[1] / "data" / "test" / "cloud" / "0002.png").save("photo.jpg")
+    top = json.loads(cli("predict", checkpoint, "photo.jpg", "--json", "--device", "cpu").out)["top"][0]
+    checkpoint.unlink()  # the model file and its sidecar are all the example needs
+    (code,) = readme_deploy_blocks("python")
     capsys.readouterr()
     exec(compile(code, "README.md", "exec"), {})
-    assert capsys.readouterr().out.split()[0] == predicted["class"]
+    name, shown = capsys.readouterr().out.split()
+    assert name == top["class"] and abs(float(shown.rstrip("%")) - 100 * top["probability"]) <= 0.05 + 1e-3
 
 
 def test_a_failed_parity_check_writes_nothing_and_exits_2(cli, runs, tmp_path, monkeypatch):
@@ -156,3 +175,84 @@ def test_bad_options_answer_before_torch_is_imported(runs, args, needle):
 def test_out_may_not_be_the_checkpoint(cli, runs):
     result = cli("export", runs["resnet8"], "--format", "torchscript", "--out", runs["resnet8"])
     assert result.code == 2 and "is the checkpoint itself" in result.err
+
+
+def export_pair(folder: Path) -> dict[str, bytes]:
+    """Every file in `folder` (hidden temporaries included) and its bytes; a folder as None."""
+    return {p.name: None if p.is_dir() else p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def previous_export(cli, runs, folder: Path) -> Path:
+    """m.ts.pt and its sidecar from resnet8, for a later export of resnet14 to replace."""
+    folder.mkdir()
+    assert cli("export", runs["resnet8"], "--format", "torchscript", "--out", folder / "m.ts.pt").code == 0
+    return folder / "m.ts.pt"
+
+
+def test_a_folder_where_the_sidecar_goes_is_refused_before_anything_is_written(cli, runs, tmp_path):
+    out = previous_export(cli, runs, tmp_path / "out")
+    (tmp_path / "out" / "m.ts.pt.json").unlink()
+    (tmp_path / "out" / "m.ts.pt.json").mkdir()
+    before = export_pair(out.parent)
+    result = cli("export", runs["resnet14"], "--format", "torchscript", "--out", out)
+    assert export_pair(out.parent) == before
+    assert result.code == 2 and result.err.count("\n") == 1 and "m.ts.pt.json is a folder" in result.err, result.err
+
+
+def test_a_failed_rename_of_the_sidecar_puts_the_previous_model_back(cli, runs, tmp_path):
+    """Past the command line's check (a folder appearing meanwhile): the model was already replaced, and is
+    restored; no temporary is left."""
+    from distill.errors import UserError
+    from distill.export import export_checkpoint
+
+    out = previous_export(cli, runs, tmp_path / "out")
+    (tmp_path / "out" / "m.ts.pt.json").unlink()
+    (tmp_path / "out" / "m.ts.pt.json").mkdir()
+    before = export_pair(out.parent)
+    with pytest.raises(UserError) as failure:
+        export_checkpoint(runs["resnet14"], "torchscript", out, False)
+    assert export_pair(out.parent) == before
+    assert "the previous m.ts.pt and m.ts.pt.json, if any, are untouched" in str(failure.value)
+
+
+def test_a_disk_full_at_the_second_write_keeps_the_previous_model_and_sidecar(cli, runs, tmp_path, monkeypatch):
+    import errno
+
+    import distill.atomic as atomic
+
+    out = previous_export(cli, runs, tmp_path / "out")
+    before = export_pair(out.parent)
+    opened = []
+
+    class FillsUp:
+        """A file of the second write: the disk is full by then."""
+
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def open_filling(path, mode="r", *args, **kwargs):
+        fh = open(path, mode, *args, **kwargs)
+        opened.append(path)
+        return FillsUp(fh) if len(opened) == 2 else fh
+
+    monkeypatch.setattr(atomic, "open", open_filling, raising=False)  # the name atomic's writes look up first
+    result = cli("export", runs["resnet14"], "--format", "torchscript", "--out", out)
+    assert export_pair(out.parent) == before  # byte for byte, and no temporary left
+    assert len(opened) == 2 and result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "No space left on device" in result.err and "are untouched" in result.err
+    monkeypatch.undo()
+    assert cli("export", runs["resnet14"], "--format", "torchscript", "--out", out).code == 0
+    assert sorted(export_pair(out.parent)) == ["m.ts.pt", "m.ts.pt.json"]
+    assert json.loads((out.parent / "m.ts.pt.json").read_text())["checkpoint"] == str(runs["resnet14"].resolve())

@@ -61,9 +61,10 @@ def _enter(folder: str, seen: set[tuple[int, int]]) -> None:
     seen.add(key)
 
 
-def _class_images(folder: str, root: Path, seen: set[tuple[int, int]]) -> list[FileEntry]:
-    """All image files under one class folder (subfolders included), sorted by path."""
-    out: list[FileEntry] = []
+def image_entries(folder: str, seen: set[tuple[int, int]]) -> list[os.DirEntry]:
+    """Every visible entry named like an image under `folder` (subfolders included, loops refused), unsorted
+    and not yet checked to be a readable regular file."""
+    found: list[os.DirEntry] = []
     stack = [folder]
     while stack:
         current = stack.pop()
@@ -72,12 +73,20 @@ def _class_images(folder: str, root: Path, seen: set[tuple[int, int]]) -> list[F
             if is_dir(entry):
                 stack.append(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
-                try:
-                    st = entry.stat()
-                except OSError as err:  # a dangling symlink named like an image
-                    raise UserError(f"cannot read {entry.path} ({one_line(err)}); fix or remove it") from None
-                require_regular(entry.path, st)  # opening a FIFO named x.png would block forever
-                out.append(FileEntry(entry.path, os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns))
+                found.append(entry)
+    return found
+
+
+def _class_images(folder: str, root: Path, seen: set[tuple[int, int]]) -> list[FileEntry]:
+    """All image files under one class folder (subfolders included), sorted by path."""
+    out: list[FileEntry] = []
+    for entry in image_entries(folder, seen):
+        try:
+            st = entry.stat()
+        except OSError as err:  # a dangling symlink named like an image
+            raise UserError(f"cannot read {entry.path} ({one_line(err)}); fix or remove it") from None
+        require_regular(entry.path, st)  # opening a FIFO named x.png would block forever
+        out.append(FileEntry(entry.path, os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns))
     return sorted(out, key=lambda f: f.rel)
 
 
