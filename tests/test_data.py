@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import signal
@@ -190,6 +191,41 @@ def test_archive_cache_hit_needs_no_unpack_and_survives_corruption(tmp_path, mon
     (pt,) = (cache / "tensors").iterdir()
     pt.write_bytes(pt.read_bytes()[:100])  # a truncated cache file is rebuilt, not an error
     assert_expected(load_dataset(archive, 32, cache_dir=cache))
+
+
+def beside(path: Path, name: bytes) -> Path:
+    """path's sibling with a name that is not UTF-8 (os.listdir returns such names with lone surrogates)."""
+    return Path(os.fsdecode(os.fsencode(path.parent) + b"/" + name))
+
+
+def test_names_that_are_not_utf8_load_and_key_the_cache_by_their_bytes(tmp_path, monkeypatch):
+    root, cache = write_tree(tmp_path / "tree"), tmp_path / "cache"
+    for split in ("train", "test"):
+        (root / split / "dog").rename(beside(root / split / "dog", b"d\xf6g"))  # Latin-1 "dög"
+    image = root / "train" / "cat" / "000.png"
+    image.rename(beside(image, b"000\xff.png"))  # still sorted first in its class
+    archive = write_tar(root, beside(tmp_path / "x", b"tr\xe9e.tar"), "tree")
+    for source in (root, archive):
+        ds = load_dataset(source, 32, cache_dir=cache)
+        assert ds.classes == ["cat", "d\\xf6g", "frog"] and json.dumps(ds.classes).isascii()  # \xNN, printable
+        assert ds.source.isprintable() and torch.equal(ds.train_x, torch.from_numpy(TRAIN[0]))
+        assert torch.equal(ds.test_x, torch.from_numpy(TEST[0])) and torch.equal(ds.train_y, torch.from_numpy(TRAIN[1]))
+    with monkeypatch.context() as m:  # stable: the same names find the same cache
+        m.setattr(decode_mod, "decode_images", _refuse)
+        m.setattr(load_mod, "extract_archive", _refuse)
+        load_dataset(root, 32, cache_dir=cache)
+        load_dataset(archive, 32, cache_dir=cache)
+    # unique: another undecodable byte (same size, same mtime) is another key, not a lookalike of the first
+    odd = beside(image, b"000\xff.png")
+    odd.rename(beside(image, b"000\xfe.png"))
+    load_dataset(root, 32, cache_dir=cache)
+    assert len(list((cache / "tensors").iterdir())) == 3
+    save_png(root / "train" / "d\\xf6g" / "0.png", TRAIN[0][0])  # a folder literally named like that rendering
+    user_error(r"class folders .* and .* would both be class 'd\\xf6g'; rename one", load_dataset, root,
+               cache_dir=cache)
+    meta = write_cifar(tmp_path / "cifar") / "batches.meta"
+    meta.write_bytes(pickle.dumps({"label_names": [b"c\xe4t", b"dog", b"frog"]}))  # Latin-1 bytes, not UTF-8
+    assert load_dataset(meta.parent, 32, cache_dir=cache).classes == ["c\\xe4t", "dog", "frog"]
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):

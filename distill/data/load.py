@@ -25,6 +25,7 @@ from .dataset import (
     default_cache_dir,
     default_data_dir,
     one_line,
+    readable,
 )
 from .files import clean_stale, require_regular
 from .folders import is_dir, list_visible, scan_tree
@@ -137,13 +138,13 @@ def _load_archive(archive: Path, job: _Job) -> Dataset:
         layout = find_layout(extract_archive(archive, job.cache_dir, job.report))
         if layout is None:
             raise UserError(f"archive {archive} holds no dataset; expected {LAYOUTS}")
-        return _plan(*layout, job, f"{archive.name} ({KIND_TEXT[layout[0]]})", archive)[1]()
+        return _plan(*layout, job, f"{readable(archive.name)} ({KIND_TEXT[layout[0]]})", archive)[1]()
 
     return _cached(key, 1, job, archive, build)
 
 
 def _load_folder(kind: str, root: Path, job: _Job, where: Path) -> Dataset:
-    files, build = _plan(kind, root, job, f"{root.name or root} ({KIND_TEXT[kind]})", where)
+    files, build = _plan(kind, root, job, f"{readable(root.name or str(root))} ({KIND_TEXT[kind]})", where)
     return _cached(cache_key(root, job.image_size, files), len(files), job, where, build)
 
 
