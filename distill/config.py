@@ -7,6 +7,7 @@ fields, so an option cannot exist without a description.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -183,7 +184,10 @@ def coerce(cls, key: str, value, source: str):
     """Check a config-file value against the field's type; int is accepted where float is expected."""
     want = base_type(typing.get_type_hints(cls)[key])
     if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # past 1e308: infinite, as the same digits on the command line, and refused as such
+            return math.inf if value > 0 else -math.inf
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
         raise UserError(f"{source}: '{key}' must be {want.__name__}, got {type(value).__name__} {value!r}")
     return value

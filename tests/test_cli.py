@@ -118,6 +118,11 @@ def test_range_membership_rejects_nan_and_infinities(value, inside):
     assert (value in C.POSITIVE) is (inside or value == 1.0)
 
 
+def test_range_compares_integers_exactly_up_to_64_bits():
+    assert 2**63 - 1 in C.AT_LEAST_1 and 2**63 not in C.AT_LEAST_1 and 10**400 not in C.NON_NEGATIVE
+    assert 2**53 + 1 not in C.Range(0, 2**53)  # as a float it would round down into the range
+
+
 def test_a_no_option_pairs_with_with_and_quiet_says_what_it_does(cli, tiny_data, tmp_path):
     help_text = " ".join(cli("student", "--help").out.split())
     assert "--no-teacher / --with-teacher" in help_text and "--no-no-" not in help_text
