@@ -156,12 +156,17 @@ def check_augment(spec: str, image_size: int) -> None:
 def check_paths(cfg: TrainConfig) -> None:
     """Files a command-line run reads must exist before torch is imported. Not part of validate: a pipeline
     plans (and validates) its students before their teacher's checkpoint is written."""
-    if cfg.data and not cfg.download and not Path(cfg.data).expanduser().exists():
-        raise UserError(f"data path {cfg.data} does not exist; pass --data with an existing file or folder, "
-                        f"or add --download to fetch CIFAR-10 into it")
+    check_data(cfg.data, cfg.download)
     teacher = getattr(cfg, "teacher", None)
     if teacher and cfg.effective_method != "none" and not Path(teacher).expanduser().is_file():
         raise UserError(f"--teacher checkpoint {teacher} not found: check the path")
+
+
+def check_data(data: str | None, download: bool | None) -> None:
+    """--data must exist, unless --download will fill it (None: the command has no --download)."""
+    if data and not download and not Path(data).expanduser().exists():
+        fetch = "" if download is None else ", or add --download to fetch CIFAR-10 into it"
+        raise UserError(f"data path {data} does not exist; pass --data with an existing file or folder{fetch}")
 
 
 FIELD_CHOICES = {

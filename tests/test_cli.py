@@ -39,9 +39,29 @@ def imported_modules(importtime_stderr: str) -> set[str]:
     (["teach", "--precision", "fp8"], "fp8"),
     (["student", "--no-teacher", "--temperature", "inf"], "--temperature"),
     (["models", "--image-size", "0"], "--image-size"),
+    # A missing or mistyped path, for every command that takes one ({tmp}: this test's folder).
+    (["teach", "--out", "{tmp}/typo", "--resume"], "nothing to resume in {tmp}/typo"),
+    (["teach", "--out", "{tmp}", "--epochs", "1"], "already holds a run"),
+    (["student", "--teacher", "{tmp}/missing.pt"], "{tmp}/missing.pt not found"),
+    (["pipeline", "--config", "configs/pipeline/smok.toml"], "smok.toml not found"),
+    (["pipeline", "--config", "{tmp}/bad.toml"], "is not valid TOML"),
+    (["pipeline", "--config", "{tmp}/unknown.toml"], "unknown key 'bogus'"),
+    (["pipeline", "--config", "{tmp}/good.toml", "--out", "{tmp}/out", "--data", "/no/such/path"],
+     "/no/such/path does not exist"),
+    (["compare", "{tmp}/nonexistent"], "{tmp}/nonexistent is not a folder"),
+    (["evaluate", "{tmp}/missing.pt"], "{tmp}/missing.pt not found"),
+    (["evaluate", "{tmp}/best.pt", "--data", "/no/such/path"], "/no/such/path does not exist"),
+    (["predict", "{tmp}/missing.pt", "{tmp}/best.pt"], "{tmp}/missing.pt not found"),
+    (["export", "{tmp}/missing.pt", "--format", "onnx"], "{tmp}/missing.pt not found"),
+    (["bench", "--reference", "--data", "/no/such/path"], "/no/such/path does not exist"),
 ])
-def test_a_typo_answers_without_importing_torch(args, needle):
+def test_a_typo_answers_without_importing_torch(args, needle, tmp_path):
     """A real process, as a user runs it: the test process has torch loaded already, so it cannot tell."""
+    for name, text in {"bad.toml": "epochs = [\n", "unknown.toml": '[teacher]\nbogus = 1\n',
+                       "good.toml": '[teacher]\narch = "resnet8"\n[[students]]\narch = "resnet8"\n',
+                       "best.pt": "a checkpoint", "last.pt": "a checkpoint"}.items():
+        (tmp_path / name).write_text(text)
+    args, needle = [a.format(tmp=tmp_path) for a in args], needle.format(tmp=tmp_path)
     start = time.perf_counter()
     proc = spawn(args, launcher=[sys.executable, "-X", "importtime"])
     _, err = proc.communicate(timeout=60)
@@ -51,6 +71,8 @@ def test_a_typo_answers_without_importing_torch(args, needle):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
     assert not {m for m in imported_modules(err) if m.split(".")[0] == "torch"}
     assert seconds < 3, f"{seconds:.2f} s"  # about 0.4 s here; torch alone takes 3-6 s to import
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "best.pt", "good.toml", "last.pt",
+                                                          "unknown.toml"]  # nothing written
 
 
 def test_version_and_h_for_every_command(cli):
