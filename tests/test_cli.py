@@ -18,6 +18,7 @@ from distill import teachers
 from distill import augment, augment_spec, names
 from distill import config as C
 from distill.cli import app, package_version
+from distill.cli_app import SUMMARIES
 from distill.methods import METHODS, all_option_names
 from distill.registry import Registry
 from runhelpers import FAST, spawn
@@ -83,6 +84,28 @@ def test_version_and_h_for_every_command(cli):
         result = cli(*args)
         assert result.code == 0 and result.out.startswith("Usage: distill"), (args, result.err)
         assert result.out == cli(*args[:-1], "--help").out
+
+
+@pytest.mark.parametrize("columns", [200, 80, 60])
+def test_help_lists_each_command_by_its_whole_summary_and_command_help_is_whole(cli, monkeypatch, columns):
+    """Click cut every docstring's first sentence at the terminal's width with "...": the list shows whole
+    sentences that fit 80 columns (wrapped when narrower, never cut), `distill COMMAND --help` the docstring."""
+    for name, value in {"COLUMNS": str(columns), "TERM": "xterm-256color", "NO_COLOR": "1"}.items():
+        monkeypatch.setenv(name, value)  # never the caller's terminal
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == set(SUMMARIES) and all(s.endswith(".") and len(s) <= 64 for s in SUMMARIES.values())
+    listing = cli("--help").out.split("Commands:\n")[1].splitlines()
+    entries: dict[str, str] = {}
+    for line in listing:
+        if line.startswith("  ") and not line.startswith("   "):  # a command's first line, else a continuation
+            name, text = line.split(maxsplit=1)
+            entries[name] = text
+        else:
+            entries[name] += " " + line.strip()
+    assert entries == SUMMARIES and "..." not in "".join(listing)
+    assert len(listing) == len(SUMMARIES) or columns < 80  # one line each from 80 columns up
+    for name, command in commands.items():
+        assert " ".join(command.help.split()) in " ".join(cli(name, "--help").out.split()), name
 
 
 def test_version_without_installed_metadata_is_the_package_attribute(monkeypatch):
