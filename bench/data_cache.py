@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/data_cache.py --cache-dir /tmp/dc [--data PATH] [--image-size 32]
 
-The cache dir must be new or empty, so the first load really is cold.
+The cache dir must be new or empty, so the first load really is cold. --data defaults to the shared JPEG copy
+beside the repository, ../shared/data/cifar10-jpeg.tar.gz (from the repository root, wherever it is run).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout, not installed
 from distill.data import channel_stats, load_dataset  # noqa: E402
 from distill.data.archive import extract_archive, is_archive  # noqa: E402
 from distill.data.folders import scan_tree  # noqa: E402
 from distill.data.load import find_layout  # noqa: E402
 
-DEFAULT_DATA = "/work/shared/data/cifar10-jpeg.tar.gz"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def _timed(label: str, fn):
@@ -39,9 +41,11 @@ def _mib(path: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-dir", type=Path, required=True)
-    ap.add_argument("--data", type=Path, default=Path(DEFAULT_DATA))
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--image-size", type=int, default=32)
     args = ap.parse_args()
+    if not args.data.exists():
+        sys.exit(f"{args.data} not found: pass --data PATH (any data distill takes)")
     if args.cache_dir.exists() and any(args.cache_dir.iterdir()):
         sys.exit(f"{args.cache_dir} is not empty; give a fresh cache dir so the first load is cold")
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, data {args.data}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from distill.errors import UserError
+from distill.options import Range, shown
 
 # Policies applied per sample after crop and flip (the `policy` field); distill.augment maps each name to its op.
 POLICIES = ("none", "trivial")
@@ -59,9 +60,9 @@ class AugmentConfig:
         for name, (low, high) in _LIMITS.items():
             value = getattr(self, name)
             off = value == 0 and name in _ZERO_IS_OFF
-            if not (off or (math.isfinite(value) and low <= value <= high)):  # also rejects NaN
+            if not (off or value in Range(low, high)):  # also rejects NaN, infinities and ints past 64 bits
                 zero = "0 (off) or " if name in _ZERO_IS_OFF else ""
-                raise UserError(f"augment {name}={value} is out of range: expected {zero}a value in [{low}, {high}]")
+                raise UserError(f"augment {name}={shown(value)} is out of range: expected {zero}a value in [{low}, {high}]")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise UserError(f"augment {name}='{getattr(self, name)}' is not valid: expected one of "

@@ -72,6 +72,9 @@ def training_command(cls, name: str, summary: str):
     def command(**values):
         cfg = C.resolve(cls, values, saved_config(cls, values))
         C.check_paths(cfg)
+        from distill.runfolder import check_out
+
+        check_out(cfg)  # --resume without last.pt (a mistyped --out), a folder holding a run, a live run's folder
         # Only now torch (5-25 s of imports): every name, value and path above was checked without it.
         from distill.run import train_run
 
@@ -123,6 +126,11 @@ def evaluate_command(
     """Test accuracy and per-class accuracy of a checkpoint."""
     if limit_test is not None:
         C.AT_LEAST_1.check("limit_test", limit_test)
+    from distill.cli_deploy import require_checkpoint  # the words predict and export use
+
+    require_checkpoint(checkpoint)
+    C.check_data(data, download=None)
+    # Only now torch: the options and paths above were checked without it.
     from distill.build import resolve_device
     from distill.evaluation import evaluate_checkpoint
     from distill.report import print_evaluation

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from distill import config as C
 from distill.cli_app import app
 
 
@@ -47,7 +48,8 @@ def bench_command(
     """Images per second of our training step, inference and distillation (synthetic data on the device)."""
     from distill.cli_deploy import parse_runtimes
 
-    runtimes = parse_runtimes(runtime)  # a typo answers before torch is imported
+    runtimes = parse_runtimes(runtime)  # a typo answers before torch is imported, and so does a missing --data
+    C.check_data(data, download=None)
     from distill.bench import print_bench, resolve_options, run_bench
 
     opts = resolve_options(arch, mode, batch_size, device, precision, channels_last, compile_model, teacher_arch,

@@ -1,4 +1,9 @@
-"""`distill compare` and `distill pipeline`: whole experiments (registered on distill.cli.app)."""
+"""`distill compare` and `distill pipeline`: whole experiments (registered on distill.cli.app).
+
+Torch-free, like distill/cli.py: a missing folder, a pipeline file that is missing, not TOML or names an
+unknown key or a bad value, is answered here before torch is imported; the work is done in distill/compare.py
+and distill/pipeline.py.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Optional
 import typer
 
 from distill.cli_app import app
+from distill.errors import UserError
 
 
 @app.command("compare")
@@ -21,6 +27,8 @@ def compare_command(
 ) -> None:
     """Every finished run side by side: accuracy, gain over the baseline with its 95% interval and McNemar p,
     agreement with the teacher, seeds aggregated; writes compare*.png and a TensorBoard summary."""
+    if not runs_dir.is_dir():  # the same words as compare.find_runs, which says it after torch is imported
+        raise UserError(f"{runs_dir} is not a folder: give the folder that holds your runs, e.g. runs/cifar10")
     from distill.compare import compare, print_comparison
 
     result = compare(runs_dir)
@@ -39,8 +47,13 @@ def pipeline_command(
 ) -> None:
     """Teacher, students, baselines and the comparison in one resumable command: rerun it to continue."""
     from distill.config import parse_assignments
-    from distill.pipeline import load_pipeline, run_pipeline
+    from distill.pipeline_plan import check_data_paths, load_pipeline
 
     given = {"data": data, "device": device, "quiet": quiet or None}
     sets = parse_assignments(assignments, "--set")
-    run_pipeline(load_pipeline(config, {k: v for k, v in given.items() if v is not None}, out, sets))
+    plan = load_pipeline(config, {k: v for k, v in given.items() if v is not None}, out, sets)
+    check_data_paths(plan)
+    # Only now torch: the file, every stage's options and data paths were checked without it.
+    from distill.pipeline import run_pipeline
+
+    run_pipeline(plan)

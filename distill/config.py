@@ -7,6 +7,7 @@ fields, so an option cannot exist without a description.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -161,12 +162,17 @@ def check_augment(spec: str, image_size: int) -> None:
 def check_paths(cfg: TrainConfig) -> None:
     """Files a command-line run reads must exist before torch is imported. Not part of validate: a pipeline
     plans (and validates) its students before their teacher's checkpoint is written."""
-    if cfg.data and not cfg.download and not Path(cfg.data).expanduser().exists():
-        raise UserError(f"data path {cfg.data} does not exist; pass --data with an existing file or folder, "
-                        f"or add --download to fetch CIFAR-10 into it")
+    check_data(cfg.data, cfg.download)
     teacher = getattr(cfg, "teacher", None)
     if teacher and cfg.effective_method != "none" and not Path(teacher).expanduser().is_file():
         raise UserError(f"--teacher checkpoint {teacher} not found: check the path")
+
+
+def check_data(data: str | None, download: bool | None) -> None:
+    """--data must exist, unless --download will fill it (None: the command has no --download)."""
+    if data and not download and not Path(data).expanduser().exists():
+        fetch = "" if download is None else ", or add --download to fetch CIFAR-10 into it"
+        raise UserError(f"data path {data} does not exist; pass --data with an existing file or folder{fetch}")
 
 
 FIELD_CHOICES = {
@@ -189,7 +195,10 @@ def coerce(cls, key: str, value, source: str):
     """Check a config-file value against the field's type; int is accepted where float is expected."""
     want = base_type(typing.get_type_hints(cls)[key])
     if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # past 1e308: infinite, as the same digits on the command line, and refused as such
+            return math.inf if value > 0 else -math.inf
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
         raise UserError(f"{source}: '{key}' must be {want.__name__}, got {type(value).__name__} {value!r}")
     return value

@@ -15,9 +15,21 @@ def dash(name: str) -> str:
     return name.replace("_", "-")
 
 
+# The largest integer any option takes: torch and the OS hold counts, sizes and seeds in 64 bits, and Python's
+# unbounded ints would otherwise fail deep inside (math.isfinite overflows on one of 400 digits).
+INT_MAX = 2**63 - 1
+
+
+def shown(value: float) -> str:
+    """A value for an error line: an integer of hundreds of digits as its first digits and its length."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+
+
 @dataclass(frozen=True)
 class Range:
-    """The valid values of a numeric option. NaN and infinities are in none: no option means anything by them."""
+    """The valid values of a numeric option. NaN and infinities are in none: no option means anything by them;
+    nor are integers past 64 bits (INT_MAX)."""
 
     low: float
     high: float = math.inf
@@ -27,7 +39,9 @@ class Range:
     def __contains__(self, value: float) -> bool:
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
-        return math.isfinite(value) and above and below
+        # An int is compared exactly: converting it to a float would overflow past 1e308.
+        representable = abs(value) <= INT_MAX if isinstance(value, int) else math.isfinite(value)
+        return representable and above and below
 
     def text(self, kind: type) -> str:
         """'at least 1', 'positive and finite', 'in (0, 1)': what follows 'must be' in an error."""
@@ -38,7 +52,9 @@ class Range:
 
     def check(self, name: str, value: float) -> None:
         if value not in self:
-            raise UserError(f"--{dash(name)} must be {self.text(type(value))} (got {value})")
+            past_64_bits = isinstance(value, int) and abs(value) > INT_MAX and self.high == math.inf
+            limit = " and at most 2^63 - 1" if past_64_bits else ""
+            raise UserError(f"--{dash(name)} must be {self.text(type(value))}{limit} (got {shown(value)})")
 
 
 AT_LEAST_1, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, low_open=True)

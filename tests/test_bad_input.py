@@ -95,6 +95,8 @@ def student_args(data, out) -> list:
 
 
 NO_TEACHER = ["--no-teacher"]
+HUGE = str(10**399)  # 400 digits: an int option compared as a float overflows (math.isfinite)
+SHOWN = "(got 100000000000... (400 digits))"  # not the 400 digits themselves
 # (command, its arguments, what the one line must say: the option and its valid range)
 RANGE_CASES = [
     ("teach", ["--momentum", "0"], ["--momentum", "(0, 1)", "got 0.0"]),  # Nesterov needs momentum > 0
@@ -140,10 +142,24 @@ RANGE_CASES = [
     ("models", ["--num-classes", "0"], ["--num-classes", "at least 2"]),
     ("models", ["--num-classes", "1"], ["--num-classes", "at least 2"]),
     ("evaluate", ["nowhere.pt", "--limit-test", "0"], ["--limit-test", "at least 1"]),
+    # Every int option, past 64 bits: one line naming it, before torch, as for any value out of range.
+    ("teach", ["--epochs", HUGE], ["--epochs must be at least 1 and at most 2^63 - 1", SHOWN]),
+    ("teach", ["--epochs", "-" + HUGE], ["--epochs must be at least 1 and at most 2^63 - 1", "(got -1000"]),
+    ("teach", ["--batch-size", HUGE], ["--batch-size must be at least 1 and at most 2^63 - 1"]),
+    ("teach", ["--image-size", HUGE], ["--image-size must be at least 8 and at most 2^63 - 1"]),
+    ("teach", ["--limit-train", HUGE], ["--limit-train must be at least 1 and at most 2^63 - 1"]),
+    ("teach", ["--seed", HUGE], ["--seed must be in [0, 2147483648)", SHOWN]),
+    ("teach", ["--lr", HUGE], ["--lr must be positive and finite (got inf)"]),  # a float: click reads inf
+    ("teach", ["--augment", f"crop_padding={HUGE}"], ["augment crop_padding=100000000000... (400 digits) is out of"]),
+    ("student", [*NO_TEACHER, "--method", "fitnet", "--hint-stage", HUGE],
+     ["--hint-stage must be at least 1 and at most 2^63 - 1"]),
+    ("models", ["--image-size", HUGE], ["--image-size must be at least 8 and at most 2^63 - 1"]),
+    ("evaluate", ["nowhere.pt", "--limit-test", HUGE], ["--limit-test must be at least 1 and at most 2^63 - 1"]),
+    ("predict", ["nowhere.pt", "x.png", "--top-k", HUGE], ["--top-k must be at least 1 and at most 2^63 - 1"]),
 ]
 
 
-@pytest.mark.parametrize("command, args, needles", RANGE_CASES, ids=[" ".join([c, *a]) for c, a, _ in RANGE_CASES])
+@pytest.mark.parametrize("command, args, needles", RANGE_CASES, ids=[" ".join([c, *a]).replace(HUGE, "<400 digits>") for c, a, _ in RANGE_CASES])
 def test_values_out_of_range(cli, tiny_data, tmp_path, command, args, needles):
     out = tmp_path / "run"
     base = {"teach": tiny_teach_args(tiny_data, out), "student": student_args(tiny_data, out)}.get(command, [command])
@@ -155,6 +171,8 @@ def test_values_out_of_range(cli, tiny_data, tmp_path, command, args, needles):
     ("epochs = 2\nbogus_key = 1\n", "bogus_key"),
     ('epochs = "two"\n', "epochs"),
     ("epochs = [\n", "TOML"),
+    (f"limit_train = {HUGE}\n", "--limit-train must be at least 1 and at most 2^63 - 1 " + SHOWN),
+    (f"weight_decay = {HUGE}\n", "--weight-decay must be at least 0 and finite (got inf)"),  # as on the command line
 ])
 def test_bad_config_file(cli, tiny_data, tmp_path, content, needle):
     config = tmp_path / "bad.toml"

@@ -18,6 +18,7 @@ from distill import teachers
 from distill import augment, augment_spec, names
 from distill import config as C
 from distill.cli import app, package_version
+from distill.cli_app import SUMMARIES
 from distill.methods import METHODS, all_option_names
 from distill.registry import Registry
 from runhelpers import FAST, spawn
@@ -39,9 +40,29 @@ def imported_modules(importtime_stderr: str) -> set[str]:
     (["teach", "--precision", "fp8"], "fp8"),
     (["student", "--no-teacher", "--temperature", "inf"], "--temperature"),
     (["models", "--image-size", "0"], "--image-size"),
+    # A missing or mistyped path, for every command that takes one ({tmp}: this test's folder).
+    (["teach", "--out", "{tmp}/typo", "--resume"], "nothing to resume in {tmp}/typo"),
+    (["teach", "--out", "{tmp}", "--epochs", "1"], "already holds a run"),
+    (["student", "--teacher", "{tmp}/missing.pt"], "{tmp}/missing.pt not found"),
+    (["pipeline", "--config", "configs/pipeline/smok.toml"], "smok.toml not found"),
+    (["pipeline", "--config", "{tmp}/bad.toml"], "is not valid TOML"),
+    (["pipeline", "--config", "{tmp}/unknown.toml"], "unknown key 'bogus'"),
+    (["pipeline", "--config", "{tmp}/good.toml", "--out", "{tmp}/out", "--data", "/no/such/path"],
+     "/no/such/path does not exist"),
+    (["compare", "{tmp}/nonexistent"], "{tmp}/nonexistent is not a folder"),
+    (["evaluate", "{tmp}/missing.pt"], "{tmp}/missing.pt not found"),
+    (["evaluate", "{tmp}/best.pt", "--data", "/no/such/path"], "/no/such/path does not exist"),
+    (["predict", "{tmp}/missing.pt", "{tmp}/best.pt"], "{tmp}/missing.pt not found"),
+    (["export", "{tmp}/missing.pt", "--format", "onnx"], "{tmp}/missing.pt not found"),
+    (["bench", "--reference", "--data", "/no/such/path"], "/no/such/path does not exist"),
 ])
-def test_a_typo_answers_without_importing_torch(args, needle):
+def test_a_typo_answers_without_importing_torch(args, needle, tmp_path):
     """A real process, as a user runs it: the test process has torch loaded already, so it cannot tell."""
+    for name, text in {"bad.toml": "epochs = [\n", "unknown.toml": '[teacher]\nbogus = 1\n',
+                       "good.toml": '[teacher]\narch = "resnet8"\n[[students]]\narch = "resnet8"\n',
+                       "best.pt": "a checkpoint", "last.pt": "a checkpoint"}.items():
+        (tmp_path / name).write_text(text)
+    args, needle = [a.format(tmp=tmp_path) for a in args], needle.format(tmp=tmp_path)
     start = time.perf_counter()
     proc = spawn(args, launcher=[sys.executable, "-X", "importtime"])
     _, err = proc.communicate(timeout=60)
@@ -51,6 +72,8 @@ def test_a_typo_answers_without_importing_torch(args, needle):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
     assert not {m for m in imported_modules(err) if m.split(".")[0] == "torch"}
     assert seconds < 3, f"{seconds:.2f} s"  # about 0.4 s here; torch alone takes 3-6 s to import
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "best.pt", "good.toml", "last.pt",
+                                                          "unknown.toml"]  # nothing written
 
 
 def test_version_and_h_for_every_command(cli):
@@ -61,6 +84,28 @@ def test_version_and_h_for_every_command(cli):
         result = cli(*args)
         assert result.code == 0 and result.out.startswith("Usage: distill"), (args, result.err)
         assert result.out == cli(*args[:-1], "--help").out
+
+
+@pytest.mark.parametrize("columns", [200, 80, 60])
+def test_help_lists_each_command_by_its_whole_summary_and_command_help_is_whole(cli, monkeypatch, columns):
+    """Click cut every docstring's first sentence at the terminal's width with "...": the list shows whole
+    sentences that fit 80 columns (wrapped when narrower, never cut), `distill COMMAND --help` the docstring."""
+    for name, value in {"COLUMNS": str(columns), "TERM": "xterm-256color", "NO_COLOR": "1"}.items():
+        monkeypatch.setenv(name, value)  # never the caller's terminal
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == set(SUMMARIES) and all(s.endswith(".") and len(s) <= 64 for s in SUMMARIES.values())
+    listing = cli("--help").out.split("Commands:\n")[1].splitlines()
+    entries: dict[str, str] = {}
+    for line in listing:
+        if line.startswith("  ") and not line.startswith("   "):  # a command's first line, else a continuation
+            name, text = line.split(maxsplit=1)
+            entries[name] = text
+        else:
+            entries[name] += " " + line.strip()
+    assert entries == SUMMARIES and "..." not in "".join(listing)
+    assert len(listing) == len(SUMMARIES) or columns < 80  # one line each from 80 columns up
+    for name, command in commands.items():
+        assert " ".join(command.help.split()) in " ".join(cli(name, "--help").out.split()), name
 
 
 def test_version_without_installed_metadata_is_the_package_attribute(monkeypatch):
@@ -116,6 +161,11 @@ def test_every_method_option_has_a_range_help_and_a_default_inside_it():
 def test_range_membership_rejects_nan_and_infinities(value, inside):
     assert (value in C.Range(0, 1, low_open=True, high_open=True)) is inside
     assert (value in C.POSITIVE) is (inside or value == 1.0)
+
+
+def test_range_compares_integers_exactly_up_to_64_bits():
+    assert 2**63 - 1 in C.AT_LEAST_1 and 2**63 not in C.AT_LEAST_1 and 10**400 not in C.NON_NEGATIVE
+    assert 2**53 + 1 not in C.Range(0, 2**53)  # as a float it would round down into the range
 
 
 def test_a_no_option_pairs_with_with_and_quiet_says_what_it_does(cli, tiny_data, tmp_path):

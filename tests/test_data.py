@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import signal
@@ -192,6 +193,41 @@ def test_archive_cache_hit_needs_no_unpack_and_survives_corruption(tmp_path, mon
     assert_expected(load_dataset(archive, 32, cache_dir=cache))
 
 
+def beside(path: Path, name: bytes) -> Path:
+    """path's sibling with a name that is not UTF-8 (os.listdir returns such names with lone surrogates)."""
+    return Path(os.fsdecode(os.fsencode(path.parent) + b"/" + name))
+
+
+def test_names_that_are_not_utf8_load_and_key_the_cache_by_their_bytes(tmp_path, monkeypatch):
+    root, cache = write_tree(tmp_path / "tree"), tmp_path / "cache"
+    for split in ("train", "test"):
+        (root / split / "dog").rename(beside(root / split / "dog", b"d\xf6g"))  # Latin-1 "dög"
+    image = root / "train" / "cat" / "000.png"
+    image.rename(beside(image, b"000\xff.png"))  # still sorted first in its class
+    archive = write_tar(root, beside(tmp_path / "x", b"tr\xe9e.tar"), "tree")
+    for source in (root, archive):
+        ds = load_dataset(source, 32, cache_dir=cache)
+        assert ds.classes == ["cat", "d\\xf6g", "frog"] and json.dumps(ds.classes).isascii()  # \xNN, printable
+        assert ds.source.isprintable() and torch.equal(ds.train_x, torch.from_numpy(TRAIN[0]))
+        assert torch.equal(ds.test_x, torch.from_numpy(TEST[0])) and torch.equal(ds.train_y, torch.from_numpy(TRAIN[1]))
+    with monkeypatch.context() as m:  # stable: the same names find the same cache
+        m.setattr(decode_mod, "decode_images", _refuse)
+        m.setattr(load_mod, "extract_archive", _refuse)
+        load_dataset(root, 32, cache_dir=cache)
+        load_dataset(archive, 32, cache_dir=cache)
+    # unique: another undecodable byte (same size, same mtime) is another key, not a lookalike of the first
+    odd = beside(image, b"000\xff.png")
+    odd.rename(beside(image, b"000\xfe.png"))
+    load_dataset(root, 32, cache_dir=cache)
+    assert len(list((cache / "tensors").iterdir())) == 3
+    save_png(root / "train" / "d\\xf6g" / "0.png", TRAIN[0][0])  # a folder literally named like that rendering
+    user_error(r"class folders .* and .* would both be class 'd\\xf6g'; rename one", load_dataset, root,
+               cache_dir=cache)
+    meta = write_cifar(tmp_path / "cifar") / "batches.meta"
+    meta.write_bytes(pickle.dumps({"label_names": [b"c\xe4t", b"dog", b"frog"]}))  # Latin-1 bytes, not UTF-8
+    assert load_dataset(meta.parent, 32, cache_dir=cache).classes == ["c\\xe4t", "dog", "frog"]
+
+
 def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "default-cache"
     monkeypatch.delenv("DISTILL_CACHE")
@@ -226,9 +262,11 @@ def offline(monkeypatch) -> None:
 
 def test_download_offline_is_one_user_error(tmp_path, monkeypatch):
     offline(monkeypatch)
+    # Every layout --data and $DISTILL_DATA take, the .tar.gz of an image-folder tree included.
     msg = user_error(r"^CIFAR-10 is not downloaded and the download failed \(OSError: <urlopen error .*resolution>\): "
-                     r"pass --data PATH \(cifar-10-python\.tar\.gz, cifar-10-batches-py/, or an image-folder tree\) "
-                     r"or set \$DISTILL_DATA to a folder that holds it$", load_dataset, None, cache_dir=tmp_path)
+                     r"pass --data PATH or set \$DISTILL_DATA to any of: train/<class>/ and test/<class>/ image "
+                     r"folders, CIFAR-10 python batches \(cifar-10-batches-py/ or cifar-10-python\.tar\.gz\), "
+                     r"or a \.tar/\.tar\.gz/\.tgz of either$", load_dataset, None, cache_dir=tmp_path)
     assert msg == user_error("download failed", load_dataset, None, cache_dir=tmp_path, download=True)
     user_error("download failed", load_dataset, tmp_path / "empty", cache_dir=tmp_path, download=True)
 
@@ -270,6 +308,41 @@ def test_default_honours_distill_data_and_reuses_without_network(tmp_path, monke
         ds = load_dataset(None, cache_dir=cache)
         assert_expected(ds)
         assert ds.path == str(expected.resolve())
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_distill_data_takes_every_layout_data_takes_without_network(tmp_path, monkeypatch, layout):
+    """A JPEG archive, a folder holding an image-folder .tar.gz, a tree: $DISTILL_DATA is --data without the flag."""
+    offline(monkeypatch)
+    data = LAYOUTS[layout](tmp_path)
+    monkeypatch.setenv("DISTILL_DATA", str(data))
+    ds = load_dataset(None, cache_dir=tmp_path / "cache")
+    assert_expected(ds)
+    assert Path(ds.path).is_relative_to(data.resolve())  # what a run records, to load the same data again
+
+
+def test_distill_data_holding_something_else_is_refused_never_downloaded_into(tmp_path, monkeypatch):
+    calls = fake_download(monkeypatch)
+    run = tmp_path / "runs" / "teacher-resnet50"
+    (run / "tensorboard").mkdir(parents=True)
+    for name in ("best.pt", "config.json", "last.pt", "metrics.json", "train.log"):
+        (run / name).write_text("x")
+    monkeypatch.setenv("DISTILL_DATA", str(run))
+    before = sorted(p.name for p in run.iterdir())
+    msg = user_error(r"teacher-resnet50 \(\$DISTILL_DATA\) holds no dataset; expected train/<class>/.*; found "
+                     r"best\.pt, config\.json, last\.pt, metrics\.json and 2 more: point \$DISTILL_DATA at one$",
+                     load_dataset, None, cache_dir=tmp_path / "cache")
+    assert calls == [] and sorted(p.name for p in run.iterdir()) == before, msg
+    (tmp_path / "notes.txt").write_text("hi")
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "notes.txt"))
+    user_error(r"notes\.txt \(\$DISTILL_DATA\) is not a \.tar/\.tar\.gz/\.tgz archive; point \$DISTILL_DATA at ",
+               load_dataset, None, cache_dir=tmp_path / "cache")
+    # --data DIR --download where DIR cannot be made falls back to $DISTILL_DATA: not into someone's folder either.
+    monkeypatch.setenv("DISTILL_DATA", str(run))
+    user_error(r"not downloading CIFAR-10 into .*teacher-resnet50: it holds best\.pt, .* and 2 more; point "
+               r"\$DISTILL_DATA \(or --data with --download\) at an empty or new folder$",
+               load_dataset, tmp_path / "notes.txt" / "sub", cache_dir=tmp_path / "cache", download=True)
+    assert calls == [] and sorted(p.name for p in run.iterdir()) == before
 
 
 def test_download_fills_an_empty_data_folder(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def archive_key(archive: Path) -> str:
     """Identity of an archive file: its resolved path, size and mtime."""
     st = archive.stat()
     text = f"{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return hashlib.sha256(os.fsencode(text)).hexdigest()[:20]  # the bytes on disk, UTF-8 or not
 
 
 def _escapes(name: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -19,10 +20,11 @@ _TENSORS = ("train_x", "train_y", "test_x", "test_y")
 
 
 def cache_key(root: Path, image_size: int, files: Iterable[tuple[str, int, int]]) -> str:
-    """Hash of the source and every file's (relative path, size, mtime_ns): any edit changes it."""
-    h = hashlib.sha256(f"v{FORMAT_VERSION}\0{root.resolve()}\0{image_size}\n".encode())
+    """Hash of the source and every file's (relative path, size, mtime_ns): any edit changes it. Names are
+    hashed as the bytes on disk (os.fsencode): a name that is not UTF-8 keys as itself, never as a lookalike."""
+    h = hashlib.sha256(os.fsencode(f"v{FORMAT_VERSION}\0{root.resolve()}\0{image_size}\n"))
     for rel, size, mtime_ns in files:
-        h.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
+        h.update(os.fsencode(f"{rel}\0{size}\0{mtime_ns}\n"))
     return h.hexdigest()[:24]
 
 

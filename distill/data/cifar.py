@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 
 from distill.errors import UserError
 
-from .dataset import one_line
+from .dataset import one_line, readable
 from .files import require_regular
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -94,7 +95,7 @@ def _read_classes(path: Path) -> list[str]:
     names = _field(_unpickle(path), "label_names", path)
     if not isinstance(names, (list, tuple)) or not names:
         raise UserError(f"CIFAR-10 meta file {path} has no list of label_names; {FIX}")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    return [readable(os.fsdecode(n)) if isinstance(n, bytes) else str(n) for n in names]  # UTF-8, or \xNN
 
 
 def cifar_files(root: Path) -> list[Path]:

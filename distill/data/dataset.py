@@ -50,6 +50,13 @@ def one_line(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def readable(name: str) -> str:
+    """A file or folder name as text for people and files. Bytes that are not UTF-8 reach Python as lone
+    surrogates (os.listdir's surrogateescape), which no JSON file, terminal or chart font takes: they are shown
+    as \\xNN instead. Only for showing: the file is still opened by its own name."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def default_cache_dir() -> Path:
     """$DISTILL_CACHE when set, else ~/.cache/distill."""
     env = os.environ.get("DISTILL_CACHE", "").strip()

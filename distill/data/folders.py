@@ -8,7 +8,7 @@ from pathlib import Path
 
 from distill.errors import UserError
 
-from .dataset import one_line
+from .dataset import one_line, readable
 from .files import require_regular
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -91,7 +91,14 @@ def _class_images(folder: str, root: Path, seen: set[tuple[int, int]]) -> list[F
 
 
 def _class_dirs(split_dir: Path) -> dict[str, str]:
-    return {e.name: e.path for e in list_visible(str(split_dir)) if is_dir(e)}
+    dirs: dict[str, str] = {}
+    for entry in (e for e in list_visible(str(split_dir)) if is_dir(e)):
+        name = readable(entry.name)  # the class's name in every table, chart and JSON file
+        if name in dirs:  # a folder literally named like another's \xNN rendering: rare, but never merged
+            raise UserError(f"class folders {dirs[name]} and {entry.path} would both be class '{name}'; "
+                            "rename one of them")
+        dirs[name] = entry.path
+    return dirs
 
 
 def _check_same_classes(root: Path, train: dict[str, str], test: dict[str, str]) -> None:

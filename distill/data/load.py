@@ -25,6 +25,7 @@ from .dataset import (
     default_cache_dir,
     default_data_dir,
     one_line,
+    readable,
 )
 from .files import clean_stale, require_regular
 from .folders import is_dir, list_visible, scan_tree
@@ -36,9 +37,9 @@ LAYOUTS = ("train/<class>/ and test/<class>/ image folders, CIFAR-10 python batc
            f"({CIFAR_DIR}/ or {CIFAR_ARCHIVE}), or a .tar/.tar.gz/.tgz of either")
 KIND_TEXT = {"cifar": "CIFAR-10 python batches", "folders": "image folders"}
 Files = list[tuple[str, int, int]]  # (relative path, size, mtime_ns) of every source file
-NOT_DOWNLOADED = ("CIFAR-10 is not downloaded and the download failed ({why}): pass --data PATH "
-                  f"({CIFAR_ARCHIVE}, {CIFAR_DIR}/, or an image-folder tree) or set $DISTILL_DATA "
-                  "to a folder that holds it")
+NOT_DOWNLOADED = (f"CIFAR-10 is not downloaded and the download failed ({{why}}): pass --data PATH or set "
+                  f"$DISTILL_DATA to any of: {LAYOUTS}")
+DOWNLOAD_LEAVES = (CIFAR_DIR, CIFAR_ARCHIVE)  # what a torchvision download (finished or cut short) leaves behind
 
 
 @dataclass
@@ -137,13 +138,13 @@ def _load_archive(archive: Path, job: _Job) -> Dataset:
         layout = find_layout(extract_archive(archive, job.cache_dir, job.report))
         if layout is None:
             raise UserError(f"archive {archive} holds no dataset; expected {LAYOUTS}")
-        return _plan(*layout, job, f"{archive.name} ({KIND_TEXT[layout[0]]})", archive)[1]()
+        return _plan(*layout, job, f"{readable(archive.name)} ({KIND_TEXT[layout[0]]})", archive)[1]()
 
     return _cached(key, 1, job, archive, build)
 
 
 def _load_folder(kind: str, root: Path, job: _Job, where: Path) -> Dataset:
-    files, build = _plan(kind, root, job, f"{root.name or root} ({KIND_TEXT[kind]})", where)
+    files, build = _plan(kind, root, job, f"{readable(root.name or str(root))} ({KIND_TEXT[kind]})", where)
     return _cached(cache_key(root, job.image_size, files), len(files), job, where, build)
 
 
@@ -151,8 +152,26 @@ def _complete_cifar(folder: Path) -> bool:
     return all((folder / name).is_file() for name in CIFAR_FILES)
 
 
+def _listing(names: list[str], most: int = 4) -> str:
+    shown = ", ".join(readable(n) for n in names[:most])
+    return shown + (f" and {len(names) - most:,} more" if len(names) > most else "")
+
+
+def _other_contents(root: Path) -> list[str]:
+    """What root holds besides a CIFAR-10 download: a file (or a broken link) is itself, a missing folder nothing."""
+    if not root.is_dir():
+        return [root.name] if root.exists() or root.is_symlink() else []
+    return [e.name for e in list_visible(root) if e.name not in DOWNLOAD_LEAVES]
+
+
 def _download(root: Path, report: Reporter) -> Path:
-    """Fetch the official python batches into root with torchvision; any failure is one UserError."""
+    """Fetch the official python batches into root with torchvision; any failure is one UserError. Never
+    into a folder that holds something else (a run folder, a user's data): the download would mix with it."""
+    others = _other_contents(root)
+    if others:
+        what = "is not a folder" if not root.is_dir() else f"holds {_listing(others)}"
+        raise UserError(f"not downloading CIFAR-10 into {root}: it {what}; point $DISTILL_DATA (or --data with "
+                        "--download) at an empty or new folder")
     report.say(f"CIFAR-10 is not in {show(root)}: downloading it once (about 170 MB)")
     # torchvision prints "Files already downloaded" on stdout, which must stay clean for --json,
     # and its download bar on stderr: both go to stderr, or nowhere when quiet.
@@ -171,7 +190,8 @@ def _download(root: Path, report: Reporter) -> Path:
 
 
 def _default_cifar(cache_dir: Path, report: Reporter) -> Path:
-    """Official CIFAR-10 from $DISTILL_DATA or <cache>/data, downloaded there the first time."""
+    """Official CIFAR-10 from $DISTILL_DATA or <cache>/data, downloaded there the first time; $DISTILL_DATA
+    may also name any data --data takes (an archive, a folder holding one, an image-folder tree)."""
     root = default_data_dir(cache_dir)
     # <cache>/download is where earlier versions' --download put it: reuse, do not fetch again.
     for folder in (root, root / CIFAR_DIR, cache_dir / "download" / CIFAR_DIR):
@@ -179,6 +199,8 @@ def _default_cifar(cache_dir: Path, report: Reporter) -> Path:
             return folder
     if (root / CIFAR_ARCHIVE).is_file():  # a copied archive needs no network: unpacked via the cache
         return root / CIFAR_ARCHIVE
+    if root.exists() and _other_contents(root):  # loaded as --data would be, or refused naming what is there: never downloaded into
+        return root
     return _download(root, report)
 
 
@@ -191,9 +213,7 @@ def _download_root(path: Path, cache_dir: Path) -> Path:
     return path if path.is_dir() and os.access(path, os.W_OK) else default_data_dir(cache_dir)
 
 
-def _resolve_path(path: str | Path | None, cache_dir: Path, download: bool, report: Reporter) -> Path:
-    if path is None:
-        return _default_cifar(cache_dir, report)
+def _resolve_path(path: str | Path, cache_dir: Path, download: bool, report: Reporter) -> Path:
     path = Path(path).expanduser()
     holds_nothing = not path.exists() or (path.is_dir() and not list_visible(path))
     if holds_nothing and download:
@@ -211,18 +231,21 @@ def _single_archive(folder: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def _load_path(path: Path, job: _Job) -> Dataset:
+def _load_path(path: Path, job: _Job, given_by: str) -> Dataset:
+    """Any layout, whether --data or $DISTILL_DATA (given_by) names it."""
     if not path.is_dir():
         require_regular(path, path.stat())  # e.g. --data pointing at a FIFO
         if not is_archive(path):
-            raise UserError(f"{path} is not a .tar/.tar.gz/.tgz archive; pass --data with {LAYOUTS}")
+            raise UserError(f"{path} ({given_by}) is not a .tar/.tar.gz/.tgz archive; point {given_by} at {LAYOUTS}")
         return _load_archive(path, job)
     layout = find_layout(path)
     if layout is not None:
         return _load_folder(*layout, job, where=path)
     archive = _single_archive(path)
     if archive is None:
-        raise UserError(f"{path} holds no dataset; expected {LAYOUTS}; point --data at one")
+        found = _listing([e.name for e in list_visible(path)]) or "nothing"
+        raise UserError(f"{path} ({given_by}) holds no dataset; expected {LAYOUTS}; found {found}: "
+                        f"point {given_by} at one")
     return _load_archive(archive, job)
 
 
@@ -233,7 +256,8 @@ def load_dataset(path: str | Path | None, image_size: int = 32, cache_dir: Path 
     path: CIFAR-10 python batches (cifar-10-python.tar.gz, a folder holding it, or
     cifar-10-batches-py/), an image-folder tree train/<class>/*, test/<class>/* (or a folder
     whose only subfolder is one), or a .tar/.tar.gz/.tgz of either. None: official CIFAR-10 from
-    $DISTILL_DATA or <cache folder>/data, downloaded there through torchvision the first time.
+    $DISTILL_DATA or <cache folder>/data, downloaded there through torchvision the first time ($DISTILL_DATA
+    may also name any of the layouts above; a folder holding anything else is never downloaded into).
     download=True: a given path that is missing or empty is filled with a CIFAR-10 download.
     quiet: no status lines or progress on stderr (warnings, e.g. a damaged cache, still show).
     The result's .path is the resolved absolute path that was loaded, for resuming elsewhere.
@@ -244,7 +268,11 @@ def load_dataset(path: str | Path | None, image_size: int = 32, cache_dir: Path 
     job = _Job(image_size, cache_dir, Reporter(quiet))
     for folder in ("extracted", "tensors"):  # leftovers of runs killed midway (a scan of two folders)
         clean_stale(cache_dir / folder)
-    resolved = _resolve_path(path, cache_dir, download, job.report).resolve()
-    ds = _load_path(resolved, job)
+    if path is None:
+        found, given_by = _default_cifar(cache_dir, job.report), "$DISTILL_DATA"
+    else:
+        found, given_by = _resolve_path(path, cache_dir, download, job.report), "--data"
+    resolved = found.resolve()
+    ds = _load_path(resolved, job, given_by)
     ds.path = str(resolved)
     return ds
