@@ -89,7 +89,8 @@ def fit(group: Group, stop: StopSignals) -> None:
     while lead.epoch < lead.cfg.epochs:
         if lead.step_in_epoch == 0:
             seed_epoch(lead.cfg.seed, lead.epoch)
-        lead.logger.start_epoch(lead.epoch, loop.steps_per_epoch, lead.step_in_epoch)
+        lead.logger.start_epoch(lead.epoch, loop.steps_per_epoch, lead.step_in_epoch, images=len(loop.train_x),
+                                device=group.device)
         stats = train_one_epoch(loop, lead.epoch, lead.step_in_epoch, hooks)
         for run, s in zip(group.runs, stats):
             count_images(run, s)
