@@ -116,8 +116,9 @@ class Pace:
         """After a step; `left`: steps still to train in the run, `where`: e.g. 'epoch 3/8 step 20/50'."""
         self.steps += 1
         now = self.clock()
-        if self.mark is None:
-            self.mark = (now, self.steps)  # the first step pays for compiling and autotuning: measured from its end
+        if self.mark is None:  # the first step pays for compiling and autotuning: measured from its end
+            synchronize(self.device)
+            self.mark = (self.clock(), self.steps)
             return
         since, steps_then = self.mark
         if self.estimated and (not self.lines or now - since < PROGRESS_EVERY):

@@ -37,7 +37,7 @@ def test_pace_estimates_after_a_few_steps_then_prints_a_line_every_30_seconds(mo
     assert lines[0] == "run: about 7 min of training on this device (25 img/s, 196 steps to go)"
     assert lines[1] == "run step 19/200: 25 img/s, about 6 min left"  # 30 s later, 181 steps left
     assert len(lines) == 1 + (total - 4) // 15  # then every 15 steps (30 s), not at every step
-    assert waits == ["the device"] * len(lines)  # one wait for the device per figure printed
+    assert waits == ["the device"] * (1 + len(lines))  # for the first step to end, then per figure printed
 
 
 def test_off_a_terminal_a_run_prints_its_estimate_and_progress_lines(cli, tiny_data, tmp_path, monkeypatch):
