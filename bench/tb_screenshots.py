@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-TABS = ("scalars", "text", "images", "hparams")
+TABS = ("scalars", "custom_scalars", "text", "images", "hparams")
 # Chromium as this machine's probe started it: no sandbox as root, and no background connections to
 # Google's hosts, which a closed network refuses many at a time.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

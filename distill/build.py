@@ -292,7 +292,7 @@ def start_run(cfg: C.TrainConfig, out: Path, ck: dict | None, norm: dict, learne
     """One run's logger and state, restored from its last.pt when it continues (`live`: it draws the group's
     one progress bar)."""
     logger = RunLogger(out, out.name, cfg.epochs, cfg.quiet, ck["epoch"] + 1 if ck else None, enabled=rank == 0,
-                       live=live)
+                       live=live, method=learner.method.name)
     run = Run(cfg, out, learner_spec(cfg, splits), norm, splits.classes, learner, logger, is_main=rank == 0,
               teacher_info=dict(teacher_info) if needs_teacher(cfg) else None)
     if ck is not None:

@@ -428,8 +428,9 @@ ACCURACY_FILE, ACCURACY_TAG = "compare_accuracy.png", "compare/test_accuracy"
 
 
 def chart_label(row: dict) -> str:
-    """Short: the point's colour already tells the role, and its x the size."""
-    parts = (row["arch"], row["method"]) if row["role"] == "student" else (row["role"], row["arch"])
+    """Short, and the same on every chart: the arch, then the method of a student or the role of another run
+    (resnet8 kd, resnet8 baseline, resnet20 teacher)."""
+    parts = (row["arch"], row["method"] if row["role"] == "student" else row["role"])
     return " ".join(str(p) for p in parts if p)
 
 
@@ -487,13 +488,13 @@ def per_class_series(students: list[Run], runs: list[Run], classes: list[str]) -
     """Teacher, baseline and each student method of one arch (the mean of its seeds where there are several)."""
     teacher = students[0].teacher
     arch = students[0].row["arch"]
-    groups = [([teacher], f"teacher {teacher.row['arch']}", "teacher")] if teacher and per_class_of(teacher) else []
+    groups = [([teacher], chart_label(teacher.row), "teacher")] if teacher and per_class_of(teacher) else []
     baselines = [b for b in same_experiment(runs, students[0], "baseline") if b.row["arch"] == arch and per_class_of(b)]
-    groups += [(baselines, "baseline", "baseline")] if baselines else []
+    groups += [(baselines, chart_label(baselines[0].row), "baseline")] if baselines else []
     by_method: dict[str, list[Run]] = defaultdict(list)
     for student in students:
         by_method[str(student.row["method"])].append(student)
-    groups += [(members, f"student {method}", "student") for method, members in by_method.items()]
+    groups += [(members, chart_label(members[0].row), "student") for members in by_method.values()]
     return [Series(label + (f" ({len(members)} seeds)" if len(members) > 1 else ""), role,
                    mean_per_class(members, classes)) for members, label, role in groups]
 
@@ -512,8 +513,9 @@ def per_class_charts(runs: list[Run], root: Path) -> list[tuple[str, str, object
             parts = ()
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join((*parts, arch)))
         classes = list(per_class_of(students[0]))
-        image = per_class(classes, per_class_series(students, runs, classes),
-                          f"per-class test accuracy: {' / '.join((*parts[-1:], arch))}")
+        series = per_class_series(students, runs, classes)
+        who = f"{arch} runs" + (" and teacher" if series[0].role == "teacher" else "")  # what it plots
+        image = per_class(classes, series, f"per-class test accuracy: {' / '.join((*parts[-1:], who))}")
         charts.append((f"compare/per_class/{slug}", f"compare_per_class_{slug}.png", image))
     return charts
 

@@ -7,6 +7,7 @@ compare` can test gains for significance and measure fidelity to the teacher on 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -16,8 +17,9 @@ from distill.checkpoint import PREDICTIONS_FILE, PREDICTIONS_FORMAT, PREDICTIONS
 from distill import config as C
 from distill.build import device_name
 from distill.confusion import confusion_counts, confusion_png
+from distill.methods import METHODS
 from distill.models import build_model
-from distill.runlog import HPARAM_COLUMNS
+from distill.runlog import AGREEMENT_TAG, GAIN_TAG, HPARAM_COLUMNS, TEST_TAG
 from distill.runstate import Group, Run, steady_throughput
 from distill.stats import agreement, mean_kl, paired_comparison, weak_teacher
 from distill.train import evaluate, unwrap
@@ -122,20 +124,32 @@ def write_predictions(group: Group, run: Run, probs: torch.Tensor) -> None:
                          "probs": probs.half(), "tta": run.cfg.tta}, run.out / PREDICTIONS_FILE)
 
 
-def hparams(run: Run, metrics: dict) -> dict:
-    """The HPARAMS row of a run: the options a user compares first, as they read (a count is text, not
-    6.0000), the distillation options as the method uses them (its defaults included), none for others."""
-    options = run.learner.method.option_values()
-    values = {"role": run.cfg.role, "arch": run.cfg.arch, "method": metrics.get("method") or "-",
-              "temperature": options.get("temperature"), "alpha": options.get("alpha"),
-              "epochs": str(run.epoch), "lr": run.cfg.lr, "params_M": round(metrics["params"] / 1e6, 3),
-              "seed": str(run.cfg.seed)}
-    return {k: values[k] for k in HPARAM_COLUMNS if values[k] is not None}
+def method_text(metrics: dict) -> str:
+    """How a run learned, in a few characters: teacher, baseline, or its method with every option it used, each
+    by the symbol its method declares (kd T=4 α=0.9)."""
+    if metrics["role"] != "student":
+        return str(metrics["role"])
+    symbols = option_symbols(str(metrics["method"]))
+    options = (f"{symbols.get(k) or k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+               for k, v in (metrics.get("method_options") or {}).items())
+    return " ".join((str(metrics["method"]), *options))
+
+
+def option_symbols(method: str) -> dict[str, str | None]:
+    """Each option of a method by the symbol its paper writes it with (None: by its name)."""
+    cls = METHODS.get(method)
+    return {} if cls is None else {f.name: f.metadata.get("symbol") for f in dataclasses.fields(cls.Options)}
+
+
+def hparams(metrics: dict) -> dict:
+    """The HPARAMS row of a run: how it learned and its size."""
+    return dict(zip(HPARAM_COLUMNS, (method_text(metrics), round(metrics["params"] / 1e6, 3))))
 
 
 def summary_markdown(run: Run, metrics: dict) -> str:
     """A one-run table for TensorBoard's TEXT tab: the final figures legible without any clicking."""
-    rows = [("role", metrics["role"]), ("arch", metrics["arch"]), ("method", metrics.get("method") or "-"),
+    method = method_text(metrics) if metrics["role"] == "student" else "cross-entropy, no teacher"
+    rows = [("role", metrics["role"]), ("arch", metrics["arch"]), ("method", method),
             ("params", f"{metrics['params'] / 1e6:.2f} M"), ("test accuracy", f"{100 * metrics['test_accuracy']:.2f}%"),
             ("epochs", str(metrics["epochs"])), ("wall time", f"{metrics['wall_seconds']:.0f} s")]
     if metrics.get("gain_over_baseline") is not None:
@@ -149,16 +163,17 @@ def summary_markdown(run: Run, metrics: dict) -> str:
 
 
 def log_summary(run: Run, metrics: dict, probs: torch.Tensor | None, labels: torch.Tensor) -> None:
-    """The run's final figures in TensorBoard: test accuracy, a TEXT summary, the confusion matrix, HPARAMS."""
-    run.logger.scalars(run.epoch, {"accuracy/test": metrics["test_accuracy"]})
+    """The run's final figures in TensorBoard: test accuracy (and a student's gain and agreement) at its last
+    epoch, a TEXT summary, the confusion matrix and the HPARAMS row, whose metrics are those figures."""
+    figures = {TEST_TAG: metrics["test_accuracy"]}
+    for key, tag in (("gain_over_baseline", GAIN_TAG), ("teacher_agreement", AGREEMENT_TAG)):
+        if metrics.get(key) is not None:
+            figures[tag] = metrics[key]
+    run.logger.scalars(run.epoch, figures)
     run.logger.text("summary", summary_markdown(run, metrics), run.epoch)
     if probs is not None:
         classes = run.classes
         counts = confusion_counts(labels, probs.argmax(1), len(classes))
         title = f"{run.out.name}: {100 * metrics['test_accuracy']:.2f}% test"
         run.logger.image("test/confusion_matrix", confusion_png(counts, classes, title), run.epoch)
-    scores = {"hparam/test_accuracy": metrics["test_accuracy"]}
-    for key in ("gain_over_baseline", "teacher_agreement"):
-        if metrics.get(key) is not None:
-            scores[f"hparam/{key}"] = metrics[key]
-    run.logger.hparams(hparams(run, metrics), scores)
+    run.logger.hparams(hparams(metrics))

@@ -93,7 +93,8 @@ def fit(group: Group, stop: StopSignals) -> None:
         lead = group.lead  # the first run still training (a diverged one is set aside)
         if lead.step_in_epoch == 0:
             seed_epoch(lead.cfg.seed, lead.epoch)
-        lead.logger.start_epoch(lead.epoch, loop.steps_per_epoch, lead.step_in_epoch)
+        lead.logger.start_epoch(lead.epoch, loop.steps_per_epoch, lead.step_in_epoch, images=len(loop.train_x),
+                                device=group.device)
         stats = train_one_epoch(loop, lead.epoch, lead.step_in_epoch, hooks)
         for run, s in zip(group.runs, stats):
             count_images(run, s)

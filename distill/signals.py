@@ -1,6 +1,13 @@
 """Graceful stop on Ctrl-C / SIGTERM: the first signal asks the loop to stop at the next step
 boundary (it then saves a resumable checkpoint); a second one exits at once. Atomic checkpoint
-writes make the hard exit safe: last.pt is always a complete file."""
+writes make the hard exit safe: last.pt is always a complete file.
+
+The handlers that were there before are put back on exit, whichever way the block ends. One that a
+program embedding distill installed itself (a test runner, a job scheduler) hears the signal too,
+once the run has stopped and saved: the process it belongs to still stops. Python's defaults are not
+called (SIG_DFL would kill the process before distill says how to resume, default_int_handler would
+raise KeyboardInterrupt): there distill's own message and exit code 130/143 stand for them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import os
 import signal
 import sys
 import threading
+
+PYTHON_DEFAULTS = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler)
 
 
 class StopSignals:
@@ -35,11 +44,25 @@ class StopSignals:
                              f"(send it again to exit at once)\n")
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers
+        try:
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                # None: a handler set outside Python, which signal.signal could not put back; leave it in charge.
+                if signal.getsignal(sig) is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        except BaseException:
+            self._restore()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
+        outer = self._previous.get(self.signum)
+        self._restore()
+        if self.signum is not None and callable(outer) and outer not in PYTHON_DEFAULTS:
+            outer(self.signum, None)  # after the stop and the save; whatever it raises ends the block
+
+    def _restore(self) -> None:
+        while self._previous:
+            sig, handler = self._previous.popitem()
             signal.signal(sig, handler)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,38 @@ def write_image_tree(root: Path, train_per_class: int = 16, test_per_class: int 
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return write_image_tree(tmp_path / "data")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_the_session(signum, frame) -> None:
+    """SIGTERM (a timeout, a cancelled CI job) ends the whole session, not only the test that runs: distill's
+    StopSignals, in charge while a test trains in this process, passes the signal on here once it has stopped."""
+    if _stop_the_session.asked:
+        os._exit(128 + signum)  # a second SIGTERM: at once
+    _stop_the_session.asked = True
+    pytest.exit(f"{signal.Signals(signum).name}: test session stopped", returncode=128 + signum)
+
+
+_stop_the_session.asked = False
+
+
+def pytest_configure(config) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_the_session)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Every test leaves SIGINT and SIGTERM as it found them (distill run in-process installs its own handlers
+    and must put the previous ones back); one that does not is put right and fails."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    yield
+    left = [sig.name for sig, handler in before.items() if signal.getsignal(sig) is not handler]
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    assert not left, f"the test left its own handler for {', '.join(left)} instead of the previous one"
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import signal
@@ -19,6 +20,25 @@ REPO = Path(__file__).resolve().parents[1]
 # resnet8 at 16x16: a 48-image epoch (5 steps of 8) takes well under a second on one CPU core.
 FAST = ["--arch", "resnet8", "--image-size", "16", "--val-size", "6", "--batch-size", "8", "--lr", "0.05",
         "--device", "cpu", "--quiet"]
+
+
+# What rich reads from the environment to decide colours, width and whether it may redraw in place.
+RICH_ENV = ("TERM", "COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
+def terminal_env(monkeypatch, term: str, columns: int = 100) -> None:
+    """The test's own terminal settings, whatever the caller's shell has (TERM=dumb in Emacs, NO_COLOR, ...)."""
+    for name in RICH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", term)
+    monkeypatch.setenv("COLUMNS", str(columns))
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, and keeps what was written to it."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def run_args(command: str, data: Path, out: Path, epochs: int, *extra: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import io
 import os
 import re
 import socket
@@ -40,6 +39,7 @@ import distill.data.progress as progress_mod
 from distill.data import load_dataset
 from distill.data.files import temp_path
 from distill.data.progress import Reporter
+from runhelpers import Terminal, terminal_env
 
 N_FILES = (N_TRAIN + N_TEST) * len(CLASSES)
 CACHE_ADVICE = r"set \$DISTILL_CACHE / --cache-dir to a"
@@ -364,6 +364,7 @@ def test_first_line_says_what_is_loaded_and_quiet_silences_it(tmp_path, capsys):
 
 
 def test_long_steps_show_progress(tmp_path, monkeypatch, capsys):
+    terminal_env(monkeypatch, "xterm-256color")  # stderr is captured: not a terminal whatever TERM says
     monkeypatch.setattr(progress_mod, "PROGRESS_MIN", 1)  # tiny data counts as "long" here
     monkeypatch.setattr(progress_mod, "PROGRESS_MIN_BYTES", 1)
     archive = write_tar(write_tree(tmp_path / "t"), tmp_path / "t.tar.gz", "x")
@@ -376,11 +377,8 @@ def test_long_steps_show_progress(tmp_path, monkeypatch, capsys):
     assert f"  resizing: {N_FILES} of {N_FILES} (100%)" in capsys.readouterr().err.splitlines()
 
 
-def test_progress_on_a_terminal_is_a_bar():
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
+def test_progress_on_a_terminal_is_a_bar(monkeypatch):
+    terminal_env(monkeypatch, "xterm-256color")
     term = Terminal()
     with Reporter(stream=term).steps("decoding", 5000) as advance:
         for _ in range(5):
@@ -388,6 +386,16 @@ def test_progress_on_a_terminal_is_a_bar():
     assert "decoding" in term.getvalue() and "5000/5000" in term.getvalue()
     with Reporter(quiet=True, stream=term).steps("decoding", 5000) as advance:
         advance(5000)
+
+
+def test_progress_on_a_dumb_terminal_is_plain_lines(monkeypatch):
+    """TERM=dumb (Emacs shells, CI runners with a pty): rich draws no live bar there, so plain lines instead."""
+    terminal_env(monkeypatch, "dumb")
+    term = Terminal()
+    with Reporter(stream=term).steps("decoding", 5000) as advance:
+        for _ in range(5):
+            advance(1000)
+    assert term.getvalue().splitlines() == [f"  decoding: {n:,} of 5,000 ({n // 50}%)" for n in range(1000, 5001, 1000)]
 
 
 # --- 8. the resolved path ------------------------------------------------------------------------

@@ -4,6 +4,8 @@ reliably lands mid-run."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -11,8 +13,11 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from conftest import file_digest
 from distill.checkpoint import load_checkpoint
+from distill.signals import StopSignals
 from runhelpers import REPO, child_env, run_args, spawn, temp_files, wait_for
 
 STEPS = 5  # 42 training images (48 minus 6 for validation) in batches of 8
@@ -102,3 +107,92 @@ def test_sigkill_mid_save_keeps_the_previous_last_pt_and_the_next_run_cleans_up(
     result = cli("teach", "--out", out, "--resume", "--epochs", "2")
     assert result.code == 0, result.err
     assert temp_files(out) == [] and load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+# --- the test suite itself under SIGTERM -----------------------------------------------------------
+
+SLOW_SESSION = textwrap.dedent("""
+    import os
+    from pathlib import Path
+
+    from conftest import write_image_tree
+    from runhelpers import run_args
+
+
+    def test_slow_training_in_this_process(cli, tmp_path, monkeypatch):
+        monkeypatch.setenv("DISTILL_TEST_STEP_SLEEP", "0.2")
+        cli(*run_args("teach", write_image_tree(tmp_path / "data"), os.environ["RUN_FOLDER"], 100))
+
+
+    def test_after_it():
+        Path(os.environ["REACHED"]).write_text("the session ran on")
+""")
+
+
+def test_sigterm_to_pytest_stops_the_session_while_a_test_trains_in_process(tmp_path):
+    """A timeout's SIGTERM reaches distill's own handler when a test trains in pytest's process: the run stops
+    and saves as usual, and then the session stops too instead of running the remaining tests."""
+    (tmp_path / "test_slow.py").write_text(SLOW_SESSION)
+    run, reached = tmp_path / "run", tmp_path / "reached"
+    env = child_env(RUN_FOLDER=str(run), REACHED=str(reached),
+                    PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest",
+                             "--rootdir", str(tmp_path), str(tmp_path / "test_slow.py")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (run / "config.json").exists(), proc)  # written just before the first step
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    out, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 20, out
+    assert proc.returncode == 143 and "SIGTERM: test session stopped" in out, out
+    assert not reached.exists(), out
+    assert (run / "last.pt").exists()  # distill still stopped gracefully first
+
+
+def outer_handler(heard: list):
+    def handler(signum, frame):
+        heard.append(signum)
+    return handler
+
+
+@pytest.fixture
+def outer_sigterm():
+    """An embedding program's own SIGTERM handler, in place for the test; what it heard."""
+    heard: list[int] = []
+    handler = outer_handler(heard)
+    previous = signal.signal(signal.SIGTERM, handler)
+    yield handler, heard
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("ending", ["normal", "error", "SIGTERM", "SIGINT"])
+def test_stop_signals_put_the_previous_handlers_back_whichever_way_the_block_ends(outer_sigterm, ending):
+    handler, heard = outer_sigterm
+    stop = StopSignals(announce=False)
+    with contextlib.suppress(RuntimeError), stop:
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == stop._handle
+        if ending == "error":
+            raise RuntimeError("a failing run")
+        if ending in ("SIGTERM", "SIGINT"):
+            signal.raise_signal(signal.Signals[ending])
+            assert stop.requested()  # recorded, not acted on: the loop stops at its next step
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # The program's own handler hears its signal once the run has stopped; Python's defaults stay out.
+    assert heard == ([signal.SIGTERM] if ending == "SIGTERM" else [])
+
+
+def test_stop_signals_that_cannot_take_every_signal_give_back_the_ones_taken(outer_sigterm, monkeypatch):
+    real = signal.signal
+
+    def refuse_sigterm(sig, handler):
+        if sig == signal.SIGTERM and handler != outer_sigterm[0]:
+            raise OSError("no")
+        return real(sig, handler)
+
+    with monkeypatch.context() as m, pytest.raises(OSError):
+        m.setattr(signal, "signal", refuse_sigterm)
+        with StopSignals():
+            pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is outer_sigterm[0]

@@ -23,6 +23,15 @@ def size_text(n_bytes: float) -> str:
     return f"{n_bytes / 1e6:,.1f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:,.0f} kB"
 
 
+def live_bar_possible(stream: TextIO) -> bool:
+    """Whether rich can redraw a bar in place on `stream`, as rich decides it: a terminal that is not dumb
+    (TERM=dumb or unknown: Emacs shells, some CI runners with a pty, where rich draws nothing live), unless
+    FORCE_COLOR, TTY_COMPATIBLE or TTY_INTERACTIVE say otherwise. Elsewhere progress is plain lines."""
+    from rich.console import Console
+
+    return Console(file=stream).is_interactive
+
+
 def _ignore(_n: int) -> None:
     pass
 
@@ -47,10 +56,10 @@ class Reporter:
 
     @contextmanager
     def steps(self, what: str, total: int, in_bytes: bool = False) -> Iterator[Callable[[int], None]]:
-        """Yields advance(n): a rich bar on a terminal, else a plain line every 10%."""
+        """Yields advance(n): a rich bar where one can be drawn, else a plain line every 10%."""
         if self.quiet or total < (PROGRESS_MIN_BYTES if in_bytes else PROGRESS_MIN):
             yield _ignore
-        elif getattr(self.stream, "isatty", lambda: False)():
+        elif live_bar_possible(self.stream):
             yield from self._bar(what, total, in_bytes)
         else:
             yield from self._plain(what, total, in_bytes)

@@ -32,7 +32,7 @@ class AT(Method):
     @dataclass
     class Options:
         attention_p: float = opt(2.0, "Exponent p of the attention map: mean over channels of |f|^p (the paper's 2).",
-                                 within=POSITIVE)
+                                 within=POSITIVE, symbol="p")
         attention_weight: float = opt(1000.0, "Weight of the attention loss, summed over stages; CE keeps weight 1 "
                                               "(RepDistiller's and mdistiller's CIFAR value).", within=NON_NEGATIVE)
 

@@ -152,7 +152,7 @@ def temperature_option(default: float = 4.0):
     from distill.options import POSITIVE, opt
 
     return opt(default, "Softmax temperature T of the distillation terms (T = 4: the usual CIFAR value).",
-               within=POSITIVE)
+               within=POSITIVE, symbol="T")
 
 
 __all__ = ["Batch", "Method", "NoOptions", "Outputs", "TrainingSet", "F", "nn", "torch", "kl", "soft_cross_entropy",

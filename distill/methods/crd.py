@@ -46,7 +46,7 @@ class CRD(Method):
         crd_negatives: int = opt(16384, "Negatives per image, drawn from other classes (the paper's 16384).",
                                  within=AT_LEAST_1)
         nce_temperature: float = opt(0.07, "Temperature tau of the contrastive scores (the paper's 0.07).",
-                                     within=POSITIVE)
+                                     within=POSITIVE, symbol="τ")
         bank_momentum: float = opt(0.5, "Momentum of the memory banks' rows: row = m row + (1 - m) embedding "
                                         "(the paper's 0.5).", within=Range(0, 1, high_open=True))
 

@@ -38,9 +38,9 @@ class DIST(Method):
     class Options:
         temperature: float = temperature_option()
         inter_weight: float = opt(1.0, "Weight of the inter-class relation, per image across classes (the paper's "
-                                       "beta).", within=NON_NEGATIVE)
+                                       "beta).", within=NON_NEGATIVE, symbol="β")
         intra_weight: float = opt(1.0, "Weight of the intra-class relation, per class across the batch (the paper's "
-                                       "gamma).", within=NON_NEGATIVE)
+                                       "gamma).", within=NON_NEGATIVE, symbol="γ")
 
     def loss(self, student, teacher, batch):
         o = self.options

@@ -29,9 +29,9 @@ class DKD(Method):
     class Options:
         temperature: float = temperature_option()
         tckd_weight: float = opt(1.0, "Weight of TCKD, the target-class term (the paper's alpha, 1.0 on CIFAR).",
-                                 within=NON_NEGATIVE)
+                                 within=NON_NEGATIVE, symbol="α")
         nckd_weight: float = opt(8.0, "Weight of NCKD, the non-target-class term (the paper's beta, 8.0 for most "
-                                      "CIFAR pairs).", within=NON_NEGATIVE)
+                                      "CIFAR pairs).", within=NON_NEGATIVE, symbol="β")
         kd_warmup: float = opt(round(20 / 240, 4), "Share of the run over which the distillation weight ramps up "
                                                    "linearly (the paper: 20 of 240 epochs).", within=Range(0, 1))
 

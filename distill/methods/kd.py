@@ -22,7 +22,8 @@ class KD(Method):
     class Options:
         temperature: float = temperature_option()
         kd_weight: float = opt(0.9, "Weight w of the distillation term: loss = (1 - w) CE + w T^2 KL (RepDistiller's "
-                                    "alpha; some toolkits weight CE instead).", within=Range(0, 1))
+                                    "alpha; some toolkits weight CE instead).", within=Range(0, 1),
+                               symbol="α")
 
     def loss(self, student, teacher, batch):
         t, w = self.options.temperature, self.options.kd_weight
