@@ -34,8 +34,8 @@ import torch
 import torchvision
 from torch import nn
 
-from distill import augment_policy as TA
-from distill.augment import (AugmentConfig, GpuAugment, Preprocess, color_jitter, cutmix, cutout, mix, mixup,
+from distill.augment import trivial as TA
+from distill.augment.ops import (AugmentConfig, GpuAugment, Preprocess, color_jitter, cutmix, cutout, mix, mixup,
                              parse_augment, random_crop, random_flip, to_float)
 from distill.data import channel_stats, load_dataset
 

@@ -18,7 +18,7 @@
 #   GIT_COMMIT=<hash> bash bench/gpu.sh        (carry [".whl", ".data"], timeout_s 590)
 # Steps run in order and are skipped once the budget is spent, so the last ones are the optional ones.
 # Then copy $OUT/<card>-<date>.json to bench/results/ and record the figures in BENCHMARKS.md.
-# Two calls of one session merge with `python -m distill.gpu_report summarize --out OUT2 --also OUT1 --runs RUNS`.
+# Two calls of one session merge with `python -m distill.bench.gpu summarize --out OUT2 --also OUT1 --runs RUNS`.
 #
 # Preconditions, on the GPU machine, run from the repository root:
 #   - .whl/ holds the kornia wheels (/work/shared/gpu/fetch-wheels.sh). Unless kornia already imports,
@@ -44,7 +44,7 @@
 #   compare.json       `distill compare RUNS --json` after the full pipeline
 #   runs.tar.gz        the pipeline's small files (metrics.json, config.json, pipeline.json, TensorBoard
 #                      events, logs, the chart); no checkpoints
-#   <card>-<date>.json the summary (python -m distill.gpu_report summarize), e.g. h100-2026-11-28.json
+#   <card>-<date>.json the summary (python -m distill.bench.gpu summarize), e.g. h100-2026-11-28.json
 #
 # CPU smoke: `bash bench/gpu.sh --cpu-smoke` runs the same sequence on the CPU with tiny sizes and the
 # smoke pipeline config, to prove the script end to end (uses $PYTHON, else .venv/bin/python, else python3).
@@ -151,7 +151,7 @@ install_wheels
 print_env
 BENCH=("$PY" -m distill bench --json "${DEV[@]}")
 # (a) the ceiling (b) our steps (c) compiled (d) the usual recipe (e) data decode (f) the whole pipeline, last
-wants matmul && step matmul 60 "$OUT/01_matmul.json" "$PY" -m distill.gpu_report matmul
+wants matmul && step matmul 60 "$OUT/01_matmul.json" "$PY" -m distill.bench.gpu matmul
 if wants bench; then
   step bench-resnet50 100 "$OUT/02_bench.jsonl" "${BENCH[@]}" "${SIZES[@]}" --arch resnet50 --mode train --mode infer
   for student in resnet20 resnet8x4; do
@@ -174,7 +174,7 @@ if wants reference; then
       --arch resnet50 --reference --num-workers "$workers"
   done
 fi
-wants data && step data-load 120 "$OUT/04_data.json" "$PY" -m distill.gpu_report data "$DATA" --cache-dir "$DISTILL_CACHE"
+wants data && step data-load 120 "$OUT/04_data.json" "$PY" -m distill.bench.gpu data "$DATA" --cache-dir "$DISTILL_CACHE"
 wants augment && step augment 60 "$OUT/05_augment.json" "$PY" bench/augment_cost.py "${AUG_SIZES[@]}" --json
 
 PIPELINE_TIME=()  # --pipeline-seconds/--pipeline-rc for the summary, when the pipeline ran
@@ -194,7 +194,7 @@ wants pipeline && step compare 25 "$OUT/compare.json" "$PY" -m distill compare "
 wants pipeline && (cd "$RUNS" && find . -type f \( -name '*.json' -o -name 'events.out.tfevents.*' -o -name '*.log' -o -name '*.txt' \
   -o -name '*.toml' -o -name '*.csv' -o -name '*.png' \) -size -4M -print0 | tar -czf "$OUT/runs.tar.gz" --null -T -) 2>>"$LOG"
 say "summarize: start"  # not through step(): it must run even when the budget is spent (writes <card>-<date>.json)
-timeout -k 5 30 "$PY" -m distill.gpu_report summarize --out "$OUT" --runs "$RUNS" "${PIPELINE_TIME[@]}" \
+timeout -k 5 30 "$PY" -m distill.bench.gpu summarize --out "$OUT" --runs "$RUNS" "${PIPELINE_TIME[@]}" \
   2>>"$LOG"
 say "summarize: exit $?"
 say "done; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"

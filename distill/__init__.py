@@ -9,6 +9,17 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+
+def package_version() -> str:
+    """The installed distribution's version; a source tree that was never installed has only __version__."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("distill")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
 # teachers/ and students/ sit at the top of the repository (the project's layout) and install as
 # distill.teachers and distill.students (pyproject.toml maps them in). A source checkout imported without
 # that mapping (`python -m distill` or `python -m pytest` from the repository root put the checkout's own

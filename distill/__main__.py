@@ -1,3 +1,3 @@
-from distill.cli import main
+from distill.front.cli import main
 
 main()

@@ -7,6 +7,7 @@ behind. Callers say how a failed write reads to the user (`on_error`); torch-fre
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -48,3 +49,18 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], on_error: Call
             raise on_error(exc) from None
         raise
     fsync_dir(path.parent)
+
+
+def torch_writer(obj: object) -> Callable[[BinaryIO], None]:
+    """torch.save into an open file, a failed write (a full disk) an OSError like any other: torch's zip
+    writer turns it into a RuntimeError."""
+
+    def write(fh: BinaryIO) -> None:
+        import torch  # only where a tensor file is written: the rest of this module is torch-free
+
+        try:
+            torch.save(obj, fh)
+        except RuntimeError:
+            raise OSError(errno.EIO, "the write failed; is the disk full?") from None
+
+    return write

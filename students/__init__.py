@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from distill.names import STUDENT_ARCHS
+from distill.front.names import STUDENT_ARCHS
 from distill.registry import Registry
 
 STUDENTS: Registry[nn.Module] = Registry("student arch", declared=STUDENT_ARCHS)

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from distill.errors import UserError
-from distill.names import STEMS, TEACHER_ARCHS
+from distill.front.names import STEMS, TEACHER_ARCHS
 from distill.registry import Registry
 
 TEACHERS: Registry[nn.Module] = Registry("teacher arch", declared=TEACHER_ARCHS)
@@ -125,7 +125,7 @@ def cached_torchvision_weights(entry) -> Path:
 
 
 def load_state_file(path: Path) -> dict:
-    from distill.checkpoint import read_torch_file  # one place decides how hostile files are refused
+    from distill.engine.checkpoint import read_torch_file  # one place decides how hostile files are refused
 
     state = read_torch_file(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

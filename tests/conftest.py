@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill.cli import main
+from distill.front.cli import main
 
 CLASSES = ("apple", "boat", "cloud")
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-import distill.train as train_mod
+import distill.engine.loop as train_mod
 
 REPO = Path(__file__).resolve().parents[1]
 # resnet8 at 16x16: a 48-image epoch (5 steps of 8) takes well under a second on one CPU core.

@@ -1,4 +1,4 @@
-"""Batched augmentation and preprocessing (distill.augment), on the CPU."""
+"""Batched augmentation and preprocessing (distill.augment.ops), on the CPU."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.autoaugment import TrivialAugmentWide, _apply_op
 
-from distill.augment import (AugmentConfig, GpuAugment, Preprocess, centred_boxes, color_jitter, cutout,
+from distill.augment.ops import (AugmentConfig, GpuAugment, Preprocess, centred_boxes, color_jitter, cutout,
                              erasing_boxes, jitter_factors, mix, parse_augment, random_crop, to_float)
-from distill.augment_policy import (NUM_BINS, OPS, WIDE_TRANSLATE, apply_trivial_ops, draw_trivial_params,
+from distill.augment.trivial import (NUM_BINS, OPS, WIDE_TRANSLATE, apply_trivial_ops, draw_trivial_params,
                                     magnitude_table, trivial_augment)
 from distill.errors import UserError
 
@@ -552,7 +552,7 @@ def test_strong_pipeline_targets_and_mix_rate():
 def test_no_op_reads_device_values_back(monkeypatch):
     # Meta tensors hold no data: an .item(), .tolist(), nonzero or boolean index (each a host sync on
     # CUDA) raises here. Beta sampling has no meta kernel, so the mixes get a constant lam for this run.
-    import distill.augment as augment
+    import distill.augment.ops as augment
     monkeypatch.setattr(augment, "_sample_beta", lambda alpha, n, device: torch.full((n,), 0.5, device=device))
     x = torch.empty(8, 3, 32, 32, dtype=torch.uint8, device="meta")
     y = torch.empty(8, dtype=torch.int64, device="meta")

@@ -207,7 +207,7 @@ def test_no_arguments_shows_help_and_every_option_has_help(cli):
     assert result.code == 0 and "teach" in result.out and "student" in result.out
     import typer
 
-    from distill.cli import app
+    from distill.front.cli import app
 
     for command in typer.main.get_command(app).commands.values():
         for param in command.params:

@@ -15,10 +15,13 @@ import typer
 
 from distill import students
 from distill import teachers
-from distill import augment, augment_spec, names
-from distill import config as C
-from distill.cli import app, package_version
-from distill.cli_app import SUMMARIES
+from distill.augment import ops as augment
+from distill.augment import spec as augment_spec
+from distill.front import names
+from distill.front import config as C
+from distill import package_version
+from distill.front.cli import app
+from distill.front.app import SUMMARIES
 from distill.methods import METHODS, all_option_names
 from distill.registry import Registry
 from runhelpers import FAST, spawn
@@ -181,7 +184,8 @@ def test_a_no_option_pairs_with_with_and_quiet_says_what_it_does(cli, tiny_data,
 
 
 def test_models_are_listed_smallest_first_in_each_family(monkeypatch):
-    from distill import modelinfo, report
+    from distill.models import info as modelinfo
+    from distill.models import table as report
 
     monkeypatch.setattr(modelinfo, "forward_gflops", lambda model, size: 0.0)  # slow, and not what is tested
     with torch.device("meta"):  # the real architectures and parameter counts, without initialising weights

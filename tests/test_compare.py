@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from distill.chart import Series, format_params, most_different
-from distill.compare import ACCURACY_TAG, CHART_TAG, SUMMARY_TAG, compare, markdown_summary
+from distill.experiments.chart import Series, format_params, most_different
+from distill.experiments.compare import ACCURACY_TAG, CHART_TAG, SUMMARY_TAG, compare, markdown_summary
 from test_bad_input import assert_one_line_error
 
 @pytest.fixture(autouse=True)
@@ -522,7 +522,7 @@ def test_a_teacher_weaker_than_the_baseline_is_a_note_under_the_table(tmp_path, 
 def test_a_student_run_ends_saying_its_teacher_is_weaker_than_its_baseline():
     from types import SimpleNamespace
 
-    from distill.results import warn_weak_teachers
+    from distill.engine.results import warn_weak_teachers
 
     said: list[str] = []
     runs = [SimpleNamespace(out=Path("runs", name), logger=SimpleNamespace(result=said.append))

@@ -7,15 +7,17 @@ import json
 import pytest
 import torch
 
-from distill import bench
-from distill.train import train_step, unwrap
+from distill.bench import timing as bench
+from distill.bench.options import bench_options
+from distill.engine.loop import train_step
+from distill.models import unwrap
 
 OptimizedModule = torch._dynamo.eval_frame.OptimizedModule
 
 
 def tiny_loop(compile: bool, mode: str = "default"):
     """The distillation Loop `distill bench --mode distill` builds: resnet8 taught by a random resnet8."""
-    opts = bench.resolve_options(["resnet8"], ["distill"], 4, "cpu", "fp32", False, compile, "resnet8",
+    opts = bench_options(["resnet8"], ["distill"], 4, "cpu", "fp32", False, compile, "resnet8",
                                  0, 1, compile_mode=mode)
     return bench.bench_loop(opts, "resnet8", distill=True)
 

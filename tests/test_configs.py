@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from distill import config as C
-from distill.pipeline import load_pipeline
+from distill.front import config as C
+from distill.experiments.pipeline import load_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -41,7 +41,7 @@ def test_student_configs_validate(path):
 
 
 def test_the_headline_pipeline_trains_its_teacher_then_all_four_students_together(tmp_path):
-    from distill.pipeline import plan_groups
+    from distill.experiments.pipeline import plan_groups
 
     pipe = load_pipeline(CONFIGS / "pipeline" / "cifar10.toml", {"data": "d"}, str(tmp_path / "out"))
     cfgs = [stage.config(pipe.out) for stage in pipe.stages]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.checkpoint import load_checkpoint
+from distill.engine.checkpoint import load_checkpoint
 from distill.methods import Batch, Outputs, TrainingSet, create
 from distill.methods.crd import contrast_rows
 from runhelpers import assert_same, child_env, run_args, signal_after_steps
@@ -86,15 +86,15 @@ def test_negatives_come_from_other_classes_uniformly_and_the_positive_is_first()
 def test_the_banks_stay_the_same_in_every_process_under_torchrun(tmp_path):
     """Two gloo processes each take their own images; after every update both hold identical banks."""
     script = tmp_path / "banks.py"
-    script.write_text(f'''
+    script.write_text('''
 import torch, torch.distributed as dist
-from distill.distributed import all_gather_cat
+from distill.engine.distributed import all_gather_cat
 from distill.methods import Outputs, TrainingSet, create
 from distill.methods.crd import update_banks
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)  # the same initial banks and heads everywhere, as a run's --seed gives
-method = create("crd", {{"crd_dim": 8, "crd_negatives": 6}})
+method = create("crd", {"crd_dim": 8, "crd_negatives": 6})
 labels = torch.arange(40) % 4
 feats = [torch.randn(4, 16, 2, 2), torch.randn(4, 16)]
 method.setup(Outputs(None, feats), Outputs(None, feats), TrainingSet(40, labels, torch.device("cpu"), all_gather_cat))
@@ -119,8 +119,8 @@ dist.destroy_process_group()
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     from conftest import write_image_tree
-    from distill import config as C
-    from distill.run import train_run
+    from distill.front import config as C
+    from distill.engine.run import train_run
 
     root = tmp_path_factory.mktemp("crd")
     data = write_image_tree(root / "data")
@@ -151,9 +151,9 @@ def test_a_crd_run_interrupted_and_resumed_equals_the_uninterrupted_one(cli, tea
 
 
 def test_crd_in_a_group_behind_one_teacher_forward_ends_as_trained_alone(teacher, tmp_path, monkeypatch):
-    import distill.train as train_mod
-    from distill import config as C
-    from distill.run import train_group, train_run
+    import distill.engine.loop as train_mod
+    from distill.front import config as C
+    from distill.engine.run import train_group, train_run
 
     data, best = teacher
 

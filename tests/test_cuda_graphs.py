@@ -9,11 +9,14 @@ import torch
 from torch import nn
 
 from cuda_graph_standin import STALE, CudaGraphStandIn, GraphPool, standin_compile
-from distill import bench
-from distill import config as C
-from distill.checkpoint import load_checkpoint
-from distill.run import train_group, train_run
-from distill.train import evaluate, train_step, unwrap
+from distill.bench import timing as bench
+from distill.bench.options import bench_options
+from distill.front import config as C
+from distill.engine.checkpoint import load_checkpoint
+from distill.engine.run import train_group, train_run
+from distill.engine.evaluate import evaluate
+from distill.engine.loop import train_step
+from distill.models import unwrap
 from runhelpers import assert_same
 
 RECIPE = dict(image_size=16, val_size=6, batch_size=8, lr=0.05, device="cpu", quiet=True, deterministic=True,
@@ -85,7 +88,7 @@ def test_evaluation_with_flip_tta_reads_each_output_before_the_next_call():
 
 def test_bench_distill_step_under_cuda_graph_semantics(monkeypatch):
     def loop_and_step(compile: bool):
-        opts = bench.resolve_options(["resnet8"], ["distill"], 4, "cpu", "fp32", False, compile, "resnet8", 0, 1,
+        opts = bench_options(["resnet8"], ["distill"], 4, "cpu", "fp32", False, compile, "resnet8", 0, 1,
                                      compile_mode="reduce-overhead")
         loop = bench.bench_loop(opts, "resnet8", distill=True)
         torch.manual_seed(3)

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from distill.checkpoint import load_checkpoint
-from distill.train import rank_batch
+from distill.engine.checkpoint import load_checkpoint
+from distill.engine.loop import rank_batch
 from runhelpers import child_env, run_args, spawn, wait_for
 from test_teach import scalars
 

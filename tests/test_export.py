@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from conftest import tiny_teach_args, write_image_tree
-from distill.cli import main
-from distill.evaluation import model_from_checkpoint
-from distill.export import TOLERANCE, Deployed, sample_images
+from distill.front.cli import main
+from distill.engine.evaluate import model_from_checkpoint
+from distill.deploy.export import TOLERANCE, Deployed, sample_images
 from runhelpers import run_args, spawn
 from test_predict import hostile_checkpoints, imports_torch
 
@@ -129,7 +129,7 @@ def test_readme_export_and_onnxruntime_example_run_as_written(cli, runs, tmp_pat
 
 
 def test_a_failed_parity_check_writes_nothing_and_exits_2(cli, runs, tmp_path, monkeypatch):
-    import distill.export as export
+    import distill.deploy.export as export
 
     real = export.load_runner
     monkeypatch.setattr(export, "load_runner", lambda fmt, data: (lambda x: real(fmt, data)(x) + 0.01))
@@ -203,7 +203,7 @@ def test_a_failed_rename_of_the_sidecar_puts_the_previous_model_back(cli, runs, 
     """Past the command line's check (a folder appearing meanwhile): the model was already replaced, and is
     restored; no temporary is left."""
     from distill.errors import UserError
-    from distill.export import export_checkpoint
+    from distill.deploy.export import export_checkpoint
 
     out = previous_export(cli, runs, tmp_path / "out")
     (tmp_path / "out" / "m.ts.pt.json").unlink()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.models import build_model, forward_with_features, make_spec
-from distill.names import STUDENT_ARCHS, TEACHER_ARCHS
+from distill.front.names import STUDENT_ARCHS, TEACHER_ARCHS
 
 GOLDEN = Path(__file__).with_name("forward_golden.json")
 SIZE = 32

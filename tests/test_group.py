@@ -9,12 +9,12 @@ import signal
 import pytest
 import torch
 
-import distill.train as train_mod
-from distill import config as C
-from distill.checkpoint import load_checkpoint
+import distill.engine.loop as train_mod
+from distill.front import config as C
+from distill.engine.checkpoint import load_checkpoint
 from distill.errors import UserError
-from distill.run import train_group, train_run
-from distill.train import unwrap
+from distill.engine.run import train_group, train_run
+from distill.models import unwrap
 from runhelpers import assert_same, signal_after_steps
 
 STEPS = 5  # 42 training images in batches of 8
@@ -208,7 +208,7 @@ def test_a_group_allows_members_that_differ_only_in_their_own_mix(teacher, tmp_p
 
 
 def build_group_checks(cfgs):
-    from distill.build import check_group
+    from distill.engine.checks import check_group
 
     check_group(cfgs)
 
@@ -217,8 +217,8 @@ def test_each_learner_of_a_group_has_its_method_its_ema_over_the_whole_run_and_a
                                                                                                   tmp_path):
     """The baseline's loss is plain cross-entropy (method none), the EMA's time constant is a share of every
     epoch's steps, and a feature method's shape probe leaves the frozen teacher in eval mode."""
-    from distill.build import build_group
-    from distill.train import ema_decay
+    from distill.engine.build import build_group
+    from distill.engine.ema import ema_decay
 
     cfgs = configs(teacher, tmp_path / "g", epochs=3)
     cfgs[1] = C.resolve(C.StudentConfig, {}, {**C.to_dict(cfgs[1]), "config": None, "method": "fitnet"})

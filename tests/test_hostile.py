@@ -20,7 +20,7 @@ import pytest
 import torch
 import torchvision
 
-from distill.checkpoint import load_checkpoint
+from distill.engine.checkpoint import load_checkpoint
 from runhelpers import before_steps_from_epoch, run_args, spawn, temp_files
 from test_bad_input import assert_one_line_error
 
@@ -39,7 +39,7 @@ class MakesFile:
 def trained(tmp_path_factory):
     """A teacher and a baseline student, one epoch each, shared by the checkpoint cases."""
     from conftest import write_image_tree
-    from distill.cli import main
+    from distill.front.cli import main
 
     root = tmp_path_factory.mktemp("trained")
     data, cache = write_image_tree(root / "data"), root / "cache"
@@ -237,7 +237,8 @@ def test_unwritable_output_folder(cli, tiny_data, tmp_path):
 
 
 def test_os_replace_failing_keeps_the_previous_file(tmp_path, monkeypatch):
-    from distill import atomic, checkpoint
+    from distill import atomic
+    from distill.engine import checkpoint
 
     target = tmp_path / "last.pt"
     checkpoint.save_atomic({"v": 1}, target)

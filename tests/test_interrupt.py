@@ -16,8 +16,8 @@ import time
 import pytest
 
 from conftest import file_digest
-from distill.checkpoint import load_checkpoint
-from distill.signals import StopSignals
+from distill.engine.checkpoint import load_checkpoint
+from distill.engine.signals import StopSignals
 from runhelpers import REPO, child_env, run_args, spawn, temp_files, wait_for
 
 STEPS = 5  # 42 training images (48 minus 6 for validation) in batches of 8
@@ -73,7 +73,7 @@ def test_second_signal_exits_at_once(tiny_data, tmp_path):
 SLOW_SAVE = textwrap.dedent("""
     import io, sys, time
     import torch
-    from distill import checkpoint
+    from distill.engine import checkpoint
 
     real_save = torch.save
 

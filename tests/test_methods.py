@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.checkpoint import load_checkpoint
+from distill.engine.checkpoint import load_checkpoint
 from distill.errors import UserError
 from distill.methods import Batch, Outputs, create
 from runhelpers import assert_same, run_args, signal_after_steps
@@ -141,8 +141,8 @@ def test_fitnet_refuses_a_hint_stage_the_student_does_not_have():
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     from conftest import write_image_tree
-    from distill import config as C
-    from distill.run import train_run
+    from distill.front import config as C
+    from distill.engine.run import train_run
 
     root = tmp_path_factory.mktemp("methods")
     data = write_image_tree(root / "data")

@@ -11,11 +11,11 @@ from PIL import Image
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import distill.pipeline as pipeline_mod
+import distill.experiments.pipeline as pipeline_mod
 from conftest import write_image_tree
-from distill.cli import main
+from distill.front.cli import main
 from distill.errors import UserError
-from distill.pipeline import load_pipeline
+from distill.experiments.pipeline import load_pipeline
 from test_bad_input import assert_one_line_error
 
 STAGES = ("teacher-resnet8", "student-resnet8-kd", "baseline-resnet8")
@@ -197,7 +197,7 @@ def test_a_student_with_its_own_mix_has_a_stage_of_its_own_and_its_baseline_keep
 
 
 def test_set_gives_every_stage_an_option_over_the_file(tmp_path, cli):
-    from distill.config import parse_assignments
+    from distill.front.config import parse_assignments
 
     sets = parse_assignments(["compile=false", "epochs = 2", "augment=default,mixup=0.2"], "--set")
     pipe = load_pipeline(write(tmp_path / "p.toml", "[common]\nepochs = 3\n" + GOOD), {}, str(tmp_path / "o"), sets)
@@ -233,7 +233,7 @@ def test_an_interrupted_stage_says_how_to_continue_the_pipeline(tmp_path, cli, m
 
 
 def test_seeds_run_every_student_and_baseline_once_per_seed_and_the_teacher_once(tmp_path):
-    from distill.pipeline import plan_groups
+    from distill.experiments.pipeline import plan_groups
 
     text = ('seeds = [0, 1, 2]\n[common]\nseed = 7\n[teacher]\narch = "resnet8"\n'
             '[[students]]\narch = "resnet8"\n[[students]]\narch = "resnet14"\nmethod = "dkd"\n')

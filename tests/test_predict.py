@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from conftest import write_image_tree
-from distill.cli import main
+from distill.front.cli import main
 from runhelpers import run_args, spawn
 
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-import distill.runlog as runlog
-from distill.runlog import Pace, RunLogger
+import distill.engine.log as runlog
+from distill.engine.log import Pace, RunLogger
 from runhelpers import Terminal, run_args, terminal_env
 
 

@@ -10,8 +10,8 @@ import signal
 import pytest
 
 from conftest import file_digest
-from distill.checkpoint import load_checkpoint
-from distill.build import lr_factor
+from distill.engine.checkpoint import load_checkpoint
+from distill.engine.optim import lr_factor
 from runhelpers import assert_same, before_steps_from_epoch, run_args, signal_after_steps
 from test_bad_input import assert_one_line_error
 from test_teach import scalars

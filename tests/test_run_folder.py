@@ -12,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-import distill.run as run_mod
-from distill.checkpoint import load_checkpoint
+import distill.engine.run as run_mod
+from distill.engine.checkpoint import load_checkpoint
 from runhelpers import child_env, run_args, spawn, wait_for
 from test_bad_input import assert_one_line_error
 
@@ -84,7 +84,7 @@ def test_out_that_is_a_file_and_an_unwritable_tensorboard_folder_are_one_line(cl
     a_file.write_text("x")
     assert_one_line_error(cli(*run_args("teach", tiny_data, a_file, 1)), "is a file, not a folder")
 
-    import distill.runlog as runlog
+    import distill.engine.log as runlog
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -96,7 +96,7 @@ def test_out_that_is_a_file_and_an_unwritable_tensorboard_folder_are_one_line(cl
 
 
 def test_the_resume_command_is_quoted_for_a_shell(cli, tiny_data, tmp_path):
-    from distill.runfolder import resume_command
+    from distill.engine.folder import resume_command
 
     out = tmp_path / "my runs" / "teacher"
     assert resume_command("teach", out) == f"distill teach --out {shlex.quote(str(out))} --resume"

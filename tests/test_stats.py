@@ -115,7 +115,7 @@ def test_mean_std_and_wilson():
 
 @pytest.mark.parametrize("n", [3, 7, 20, 600, 10_000])
 def test_the_wilson_interval_holds_its_point_even_at_0_and_100_percent(n):
-    from distill.chart import Point, accuracy_per_run
+    from distill.experiments.chart import Point, accuracy_per_run
 
     for k in (0, 1, n - 1, n):
         low, high = wilson_interval(k / n, n)

@@ -8,7 +8,7 @@ from torch import nn
 
 from distill import students
 from distill.errors import UserError
-from distill.modelinfo import count_params, describe, forward_gflops
+from distill.models.info import count_params, describe, forward_gflops
 from distill.registry import Registry
 
 # Published parameter counts in millions, as (value, decimals): He et al. 2016 table 6 (10 classes)

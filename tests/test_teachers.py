@@ -10,10 +10,10 @@ import torch.nn.functional as F
 import torchvision
 
 from distill import teachers
-from distill.config import TeachConfig
+from distill.front.config import TeachConfig
 from distill.errors import UserError
 from distill.models import make_spec, new_parameter_names
-from distill.build import param_groups
+from distill.engine.optim import param_groups
 
 
 def layer1_size(model, image=32) -> tuple[int, int]:

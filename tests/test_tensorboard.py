@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-import distill.compare as compare_mod
-from distill.compare import Run, chart_label, per_class_charts, per_class_series
-from distill.confusion import confusion_counts, confusion_png
+import distill.experiments.compare as compare_mod
+from distill.experiments.compare import Run, chart_label, per_class_charts, per_class_series
+from distill.engine.confusion import confusion_counts, confusion_png
 
 CARD_WIDTH = 320  # px: an image card of TensorBoard 2.21 in a 1400 px wide window (bench/tb_screenshots.py)
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from distill.augment import Preprocess
-from distill.build import lr_factor
-from distill.train import ModelEMA, epoch_permutation, evaluate
+from distill.augment.ops import Preprocess
+from distill.engine.optim import lr_factor
+from distill.engine.ema import ModelEMA
+from distill.engine.loop import epoch_permutation
+from distill.engine.evaluate import evaluate
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_zero():
@@ -72,7 +74,7 @@ def test_evaluate_accuracy_per_class_and_flip_tta():
 
 
 def test_ema_horizon_is_a_share_of_the_run_whatever_its_length():
-    from distill.train import ema_decay
+    from distill.engine.ema import ema_decay
 
     assert ema_decay(0.05, 2000) == pytest.approx(1 - 1 / 100)  # time constant: 100 of 2,000 steps
     assert ema_decay(0.05, 20000) == pytest.approx(1 - 1 / 1000)
@@ -86,8 +88,8 @@ def test_ema_horizon_is_a_share_of_the_run_whatever_its_length():
 def test_compile_is_automatic_for_long_single_gpu_runs_only():
     from types import SimpleNamespace
 
-    from distill import config as C
-    from distill.build import AUTO_COMPILE_MIN_STEPS, compile_wanted
+    from distill.front import config as C
+    from distill.engine.device import AUTO_COMPILE_MIN_STEPS, compile_wanted
 
     def loop(device: str, world: int = 1):
         return SimpleNamespace(device=torch.device(device), world_size=world, steps_per_epoch=100)

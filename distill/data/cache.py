@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from distill.checkpoint import torch_writer
+from distill.atomic import torch_writer
 
 from .dataset import FORMAT_VERSION, Dataset, one_line
 from .files import atomic_write

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from distill.methods import register
 from distill.methods.base import F, Method, matching_stage, resize_to
-from distill.options import NON_NEGATIVE, POSITIVE, opt
+from distill.front.options import NON_NEGATIVE, POSITIVE, opt
 
 
 def attention(feature, p: float):

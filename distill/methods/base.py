@@ -149,7 +149,7 @@ def matching_stage(shape, teacher_stages: list) -> int:
 
 def temperature_option(default: float = 4.0):
     """The softmax temperature T of a method's distillation terms: one meaning wherever a method takes it."""
-    from distill.options import POSITIVE, opt
+    from distill.front.options import POSITIVE, opt
 
     return opt(default, "Softmax temperature T of the distillation terms (T = 4: the usual CIFAR value).",
                within=POSITIVE, symbol="T")

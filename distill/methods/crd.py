@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from distill.methods import register
 from distill.methods.base import F, Method, nn, torch
-from distill.options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, opt
+from distill.front.options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, opt
 
 EPS = 1e-7  # RepDistiller's guard in the NCE ratios
 

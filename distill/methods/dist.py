@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from distill.methods import register
 from distill.methods.base import Method, temperature_option
-from distill.options import NON_NEGATIVE, opt
+from distill.front.options import NON_NEGATIVE, opt
 
 EPS = 1e-8  # the reference implementation's guard against a zero norm
 

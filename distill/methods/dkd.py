@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from distill.methods import register
 from distill.methods.base import F, Method, kl, temperature_option, torch
-from distill.options import NON_NEGATIVE, Range, opt
+from distill.front.options import NON_NEGATIVE, Range, opt
 
 # Masks the target logit out of the non-target softmax; finite, so 0 * (log p - log q) stays 0.
 MASK = -1e9

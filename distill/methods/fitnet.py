@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from distill.errors import UserError
 from distill.methods import register
 from distill.methods.base import F, Method, matching_stage, nn
-from distill.options import AT_LEAST_1, NON_NEGATIVE, opt
+from distill.front.options import AT_LEAST_1, NON_NEGATIVE, opt
 
 
 @register

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from distill.methods import register
 from distill.methods.base import F, Method, kl, temperature_option
-from distill.options import Range, opt
+from distill.front.options import Range, opt
 
 
 @register

@@ -1,0 +1,255 @@
+"""Typed run configuration: dataclass defaults < config file (TOML) < command-line options.
+
+Each field's `help` is both its why-comment and its `--help` text: the CLI is generated from these
+fields, so an option cannot exist without a description.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.augment.spec import parse_augment, parse_mix
+from distill.errors import UserError
+from distill.methods import METHODS, all_option_names, method_names, option_type, resolve_options
+from distill.front.names import ARCHS, STEMS
+from distill.front.options import AT_LEAST_1, MIN_IMAGE_SIZE, NON_NEGATIVE, POSITIVE, Range, dash, opt
+
+# Everything this module imports is torch-free: the CLI resolves and validates a config before it imports
+# torch, so a bad option answers in a fraction of a second (tests/test_cli.py holds it to that).
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; shared by `distill teach` and `distill student`."""
+
+    config: str | None = opt(None, "TOML file giving defaults for these options; options on the command line win.")
+    data: str | None = opt(None, "CIFAR-10 data: cifar-10-python.tar.gz, cifar-10-batches-py/, an image-folder tree (train/<class>/, test/<class>/), or a .tar/.tar.gz of either.")
+    download: bool = opt(False, "Fill an empty or missing --data folder with official CIFAR-10 (downloaded through torchvision). Without --data, official CIFAR-10 is used anyway: from $DISTILL_DATA or the cache folder, downloaded there once.")
+    cache_dir: str | None = opt(None, "Where decoded tensors and unpacked archives are cached (default $DISTILL_CACHE or ~/.cache/distill).")
+    out: str | None = opt(None, "Run folder (default runs/cifar10/<role>-<arch>[-<method>]).")
+    image_size: int = opt(32, "Side length images are decoded to and trained at.", within=Range(MIN_IMAGE_SIZE))
+    resize: int | None = opt(None, "Upsample each batch to this size on the device before the model (pretrained teachers like 64-128).", within=Range(MIN_IMAGE_SIZE))
+    val_size: int = opt(5000, "Training images held out (fixed by --seed) to pick the best epoch; 0 trains on every image and keeps the last epoch. The test set never picks anything.", within=NON_NEGATIVE)
+    limit_train: int | None = opt(None, "Train on a class-balanced subset of this many images (smoke runs, benchmarks).", within=AT_LEAST_1)
+    limit_test: int | None = opt(None, "Evaluate on a class-balanced subset of this many test images.", within=AT_LEAST_1)
+    arch: str = opt("resnet50", "Model architecture (see `distill models`).", ARCHS)
+    epochs: int = opt(30, "Passes over the training set.", within=AT_LEAST_1)
+    batch_size: int = opt(512, "Global batch size; the learning rate is not rescaled for you.", within=AT_LEAST_1)
+    lr: float = opt(0.2, "Peak learning rate of SGD with Nesterov momentum (reached after warm-up).", within=POSITIVE)
+    # Nesterov momentum needs momentum > 0 (torch refuses 0), and at 1 nothing decays.
+    momentum: float = opt(0.9, "SGD momentum.", within=Range(0, 1, low_open=True, high_open=True))
+    weight_decay: float = opt(5e-4, "L2 weight decay, not applied to BatchNorm or bias parameters.", within=NON_NEGATIVE)
+    warmup_epochs: float = opt(1.0, "Linear learning-rate warm-up length before the cosine decay to zero.", within=NON_NEGATIVE)
+    label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy targets (students: of their CE term). Off by default: a label-smoothed teacher distils worse (Muller et al. 2019), and KD already gives students soft targets.", within=Range(0, 1, high_open=True))
+    grad_clip: float = opt(0.0, "Clip the gradient norm to this value (0: off).", within=NON_NEGATIVE)
+    ema_horizon: float = opt(0.05, "Weight EMA time constant as a fraction of the run's steps (0: off): per-step decay 1 - 1/(horizon x steps), so it averages the same share of any schedule. EMA and raw weights compete on validation; with --val-size 0 the EMA is kept.", within=Range(0, 1))
+    augment: str = opt("default", "Augmentation: 'default' (crop+flip), 'none', or overrides like 'mixup=0.2,cutout=0.5,color_jitter=0.2'.")
+    precision: str = opt("auto", "Training precision: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.", ("auto", "bf16", "fp32"))
+    channels_last: bool | None = opt(None, "Use channels_last memory format (default: on for CUDA).")
+    compile: bool | None = opt(None, "torch.compile the model. Unset: on for single-process GPU runs of 2,500 steps or more, where the compile (about a minute cold, kept in the cache folder for the next run) pays off.")
+    compile_mode: str = opt("reduce-overhead", "torch.compile mode: reduce-overhead (replays CUDA graphs: fewest kernel launches, more GPU memory; the fastest measured), default, or max-autotune (longest compile).", ("reduce-overhead", "default", "max-autotune"))
+    tta: bool = opt(False, "Average predictions over the image and its mirror at evaluation.")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
+    # The loop seeds epoch e with seed * 1_000_003 + e: below 2^31 that stays far inside torch's 64-bit seeds.
+    seed: int = opt(0, "Seeds the split, the batch order and the augmentation.", within=Range(0, 2**31, high_open=True))
+    deterministic: bool = opt(False, "Deterministic kernels (bit-exact runs on the CPU; slower).")
+    sync_bn: bool = opt(False, "Under torchrun, compute BatchNorm statistics over the global batch instead of each process's shard (slower; helps small per-GPU batches).")
+    save_every: int = opt(1, "Write last.pt/best.pt every N epochs (and always at the end or on interruption).", within=AT_LEAST_1)
+    resume: bool = opt(False, "Continue the run in --out from its last.pt.")
+    force: bool = opt(False, "Start over in an existing run folder (its old files are replaced as the new run saves).")
+    quiet: bool = opt(False, "No progress bar or per-epoch lines: only errors and the final result line.")
+
+    role = "teacher"
+
+    def validate(self) -> None:
+        """Every check that needs neither torch nor a file: it runs before any import, decode or write."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.metadata["range"] is not None:
+                f.metadata["range"].check(f.name, value)
+            if f.metadata["choices"]:
+                check_choice(f.name, value)
+        if self.resume and self.force:
+            raise UserError("--resume and --force contradict each other: choose one")
+        check_augment(self.augment, self.image_size)
+
+
+@dataclass
+class TeachConfig(TrainConfig):
+    weights: str = opt("none", "Initial weights: none, imagenet (torchvision DEFAULT, e.g. IMAGENET1K_V2), imagenet1k_v1, or a state_dict FILE in torchvision's key format.")
+    stem: str = opt("cifar", "cifar: 3x3 stride-1 conv, no max-pool (keeps 32x32 detail); imagenet: torchvision's 7x7/2 + max-pool (for comparison).", STEMS)
+    backbone_lr_scale: float = opt(0.1, "Learning-rate factor for pretrained backbone layers (the new head and stem use the full --lr).", within=POSITIVE)
+
+
+@dataclass
+class _StudentOptions(TrainConfig):
+    arch: str = opt("resnet20", "Student architecture (see `distill models`).", ARCHS)
+    teacher: str | None = opt(None, "Teacher checkpoint (best.pt or last.pt of `distill teach`).")
+    no_teacher: bool = opt(False, "Train the baseline: same recipe, plain cross-entropy, no teacher (same as --method none).")
+    method: str = opt("kd", "Distillation method: " + "; ".join(f"{n}: {c.summary}" for n, c in METHODS.items()) + ".",
+                      method_names())
+    compile_teacher: bool | None = opt(None, "torch.compile the teacher's forward pass (one batch shape: under reduce-overhead one CUDA graph). Unset: as the student is compiled.")
+    mix: str = opt("none", "MixUp/CutMix of this run's own on top of --augment, e.g. 'mixup=0.2,cutmix=1.0,mix_prob=0.5': the student and the teacher see the same mixed image (function matching, Beyer et al. 2022), while a baseline trained in the same group keeps the unmixed batch.")
+    any_teacher: bool = opt(False, "Allow a student or baseline checkpoint as --teacher (any trained model can teach).")
+
+    @property
+    def role(self) -> str:  # type: ignore[override]
+        return "baseline" if self.effective_method == "none" else "student"
+
+    @property
+    def effective_method(self) -> str:
+        return "none" if self.no_teacher else self.method
+
+    def method_options(self) -> dict:
+        """The values given for the method's options (None: the method's default)."""
+        return {name: getattr(self, name) for name in all_option_names()}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.teacher and self.no_teacher:
+            raise UserError("--teacher and --no-teacher contradict each other: choose one")
+        if self.effective_method != "none" and not self.teacher:
+            raise UserError(f"--method {self.method} needs --teacher CKPT (or use --no-teacher for the baseline)")
+        # The options the method takes, each in the method's own range; the others refused. Checked against
+        # --method even for the baseline (--no-teacher), which then ignores them.
+        resolve_options(self.method, self.method_options())
+        if parse_mix(self.mix) is not None:
+            shared = parse_augment(self.augment)
+            if shared.mixup > 0 or shared.cutmix > 0:
+                raise UserError(f"--mix {self.mix} would mix images that --augment {self.augment} already mixed: "
+                                f"move the mixing to one of them")
+
+
+def method_option_field(name: str) -> tuple[str, object, dataclasses.Field]:
+    """One --option for every method that takes it: default None (the method's own default), its help from
+    the first method that declares it, with each method's default."""
+    declared = [(cls.name, f) for cls in METHODS.values() for f in dataclasses.fields(cls.Options) if f.name == name]
+    defaults = ", ".join(f"{method} {f.default}" for method, f in declared)
+    help_text = f"{declared[0][1].metadata['help']} Methods and defaults: {defaults}."
+    return name, option_type(name) | None, opt(None, help_text)
+
+
+# StudentConfig: the student's options plus every distillation method's options, declared by the methods
+# themselves (distill/methods/): adding a method adds its options here without touching this file.
+StudentConfig = dataclasses.make_dataclass("StudentConfig", [method_option_field(n) for n in all_option_names()],
+                                           bases=(_StudentOptions,))
+
+
+# Options that change nothing a run computes: never compared on resume, never shown as hyperparameters.
+NOT_COMPUTED = ("config", "quiet", "resume", "force")
+
+
+def check_choice(name: str, value: str) -> None:
+    choices = FIELD_CHOICES[name]
+    if value not in choices:
+        raise UserError(f"unknown --{dash(name)} '{value}': choose one of {', '.join(choices)}")
+
+
+def check_augment(spec: str, image_size: int) -> None:
+    """A bad --augment fails now, not after the data set is decoded."""
+    padding = parse_augment(spec).crop_padding
+    if padding >= image_size:  # reflect padding takes its pixels from inside the image
+        raise UserError(f"--augment crop_padding={padding} must be in [0, {image_size}) at --image-size "
+                        f"{image_size}: reflect padding needs fewer pixels than the image has")
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """Files a command-line run reads must exist before torch is imported. Not part of validate: a pipeline
+    plans (and validates) its students before their teacher's checkpoint is written."""
+    check_data(cfg.data, cfg.download)
+    teacher = getattr(cfg, "teacher", None)
+    if teacher and cfg.effective_method != "none" and not Path(teacher).expanduser().is_file():
+        raise UserError(f"--teacher checkpoint {teacher} not found: check the path")
+
+
+def check_data(data: str | None, download: bool | None) -> None:
+    """--data must exist, unless --download will fill it (None: the command has no --download)."""
+    if data and not download and not Path(data).expanduser().exists():
+        fetch = "" if download is None else ", or add --download to fetch CIFAR-10 into it"
+        raise UserError(f"data path {data} does not exist; pass --data with an existing file or folder{fetch}")
+
+
+FIELD_CHOICES = {
+    f.name: f.metadata["choices"]
+    for cls in (TrainConfig, TeachConfig, StudentConfig)
+    for f in dataclasses.fields(cls)
+    if f.metadata.get("choices")
+}
+
+
+def base_type(hint) -> type:
+    """`int | None` -> int."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def coerce(cls, key: str, value, source: str):
+    """Check a config-file value against the field's type; int is accepted where float is expected."""
+    want = base_type(typing.get_type_hints(cls)[key])
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # past 1e308: infinite, as the same digits on the command line, and refused as such
+            return math.inf if value > 0 else -math.inf
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise UserError(f"{source}: '{key}' must be {want.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found: check the path")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML ({exc}): fix the syntax") from None
+
+
+def parse_assignments(items: list[str], flag: str) -> dict:
+    """`KEY=VALUE` items (VALUE in TOML syntax: 3, 0.5, false, "text"; anything else is taken as text)."""
+    values = {}
+    for item in items:
+        key, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise UserError(f"{flag} '{item}' is not KEY=VALUE: write e.g. {flag} epochs=5 or {flag} compile=false")
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
+
+
+def values_from_mapping(cls, mapping: dict, source: str) -> dict:
+    """Validate keys (dashes or underscores) and types of a config table for dataclass `cls`."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"config"}
+    values = {}
+    for raw_key, value in mapping.items():
+        key = raw_key.replace("-", "_")
+        if key not in names:
+            raise UserError(f"{source}: unknown key '{raw_key}'; valid keys: {', '.join(sorted(names))}")
+        values[key] = coerce(cls, key, value, source)
+    return values
+
+
+def resolve(cls, cli_values: dict, file_values: dict | None = None):
+    """Defaults < file < command line. `cli_values` holds only the options the user actually gave."""
+    values = dict(file_values or {})
+    if cli_values.get("config"):
+        values.update(values_from_mapping(cls, read_toml(cli_values["config"]), cli_values["config"]))
+    values.update({k: v for k, v in cli_values.items() if v is not None})
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
