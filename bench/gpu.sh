@@ -288,7 +288,7 @@ if [ "$CALL" = 2 ] && [ ! -d "$WORK/out1" ]; then
 fi
 
 if wants preflight; then
-  step preflight 170 "$LOG" "${PY[@]}" bench/preflight.py "${PREFLIGHT_SIZES[@]}" --out "$WORK/preflight" \
+  step preflight 200 "$LOG" "${PY[@]}" bench/preflight.py "${PREFLIGHT_SIZES[@]}" --out "$WORK/preflight" \
     --json "$PREFLIGHT_JSON"
   [ -f "$PREFLIGHT_JSON" ] && cp "$PREFLIGHT_JSON" "$OUT/preflight.json"
   grep -a '^preflight' "$LOG" >&2  # its one line per step, in the call's visible output too

@@ -180,7 +180,7 @@ def pipeline_record(call: int, config: str, runs: Path, exit_code: int, seconds:
     folder (a cold run), and the pipeline.json it left, kept here because the next pipeline run in the same
     folder (the function-matching student's) rewrites that file."""
     return {"call": call, "config": config, "exit_code": exit_code, "command_seconds": seconds,
-            "timed_out": exit_code in (124, 137), "compiled": compiled, "fresh": fresh, "note": note,
+            "timed_out": exit_code in (124, 137), "compiled": compiled, "fresh": fresh, "note": note or None,
             "pipeline": read_json(runs / "pipeline.json")}
 
 
