@@ -89,9 +89,9 @@ wants() { [[ $STEPS == *" $1 "* ]]; }
 if [ "$BOTH_CALLS" = 1 ]; then  # the CPU smoke: call 1 then call 2, sharing one temporary $WORK as the device's /tmp
   OUT=${OUT:-./bench/out}
   WORK=$(mktemp -d /tmp/distill-smoke.XXXXXX)
-  CALL=1 OUT=$OUT/call1 WORK=$WORK bash "$0" "$@"
+  CALL=1 OUT=$OUT/call1 WORK=$WORK bash bench/gpu.sh "$@"
   rc1=$?
-  CALL=2 OUT=$OUT/call2 WORK=$WORK bash "$0" "$@"
+  CALL=2 OUT=$OUT/call2 WORK=$WORK bash bench/gpu.sh "$@"
   rc2=$?
   rm -rf "$WORK"
   echo "gpu.sh --cpu-smoke: call 1 exit $rc1, call 2 exit $rc2; files in $OUT/call1 and $OUT/call2"

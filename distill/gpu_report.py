@@ -212,7 +212,7 @@ def headline_summary(records: list[dict], stages: dict[str, dict], compare_rows:
     first_pipeline = first.get("pipeline") or {}
     cold = first.get("fresh") is True and first_pipeline.get("finished") is True
     return {"config": first.get("config"), "compiled": all(r.get("compiled") for r in records),
-            "notes": [r["note"] for r in records if r.get("note")],
+            "notes": list(dict.fromkeys(r["note"] for r in records if r.get("note"))),
             "finished": (last.get("pipeline") or {}).get("finished") is True,
             "cold_total_seconds": first_pipeline.get("total_seconds") if cold else None,
             "calls": [call_row(r) for r in records],

@@ -154,10 +154,11 @@ def test_gpu_sh_call_2_without_call_1_says_so_and_runs_what_needs_no_runs(tmp_pa
     assert err.index("peer: would run") < err.index("augment: would run")  # the peer first
 
 
-@pytest.mark.parametrize("env, needle", [({"CALL": "3"}, "CALL=3: use 1"), ({"WORK": "/tmp/anywhere"}, "distill-*"),
-                                         ({"STEPS": "peer warp"}, "unknown step 'warp'")])
-def test_gpu_sh_refuses_bad_settings_before_doing_anything(tmp_path, env, needle):
-    result = gpu_sh(tmp_path, "--dry-run", **env)
+@pytest.mark.parametrize("args, env, needle", [(["--dry-run"], {"CALL": "3"}, "CALL=3: use 1"),
+                                               (["--dry-run"], {"WORK": "/tmp/anywhere"}, "distill-*"),
+                                               (["--bogus"], {}, "unknown argument '--bogus'")])
+def test_gpu_sh_refuses_bad_settings_before_doing_anything(tmp_path, args, env, needle):
+    result = gpu_sh(tmp_path, *args, **env)
     assert result.returncode == 2 and needle in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
