@@ -103,6 +103,13 @@ def test_a_failing_step_is_one_line_with_its_name_and_the_others_still_run(tmp_p
     assert written["passed"] is False and written["headline_compile"] is False
 
 
+def test_an_unknown_preflight_step_is_refused_in_one_line(tmp_path, capsys):
+    assert preflight.main(["--only", "warp", "--out", str(tmp_path / "pf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown step 'warp': choose from teacher, group, feature, resume, deploy" in err
+    assert not (tmp_path / "pf").exists()
+
+
 def case(name: str, compiled: bool, status: str, retry: str | None = None) -> dict:
     return {"name": name, "compiled": compiled, "status": status, "uncompiled": retry and {"status": retry}}
 
