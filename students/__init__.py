@@ -26,4 +26,4 @@ def list_archs() -> list[str]:
 
 
 # Imported last: these modules import STUDENTS from here to register into it.
-from distill.students import resnet_cifar  # noqa: E402,F401
+from distill.students import mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: E402,F401

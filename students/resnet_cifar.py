@@ -14,24 +14,19 @@ RepDistiller's thin nets.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.students import STUDENTS
+from distill.students.layers import StagedNet, conv_bn, conv_bn_relu, init_weights, make_stage
 
 Shortcut = Literal["A", "B"]
 Widths = tuple[int, int, int, int]  # stem, stage 1, stage 2, stage 3
 THIN: Widths = (16, 16, 32, 64)
 WIDE_X4: Widths = (32, 64, 128, 256)  # RepDistiller's "x4": the stem only doubled, stages 4x
-
-
-def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    # No conv bias: the following BatchNorm's shift makes it redundant.
-    conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, bias=False)
-    return nn.Sequential(conv, nn.BatchNorm2d(out_ch))
 
 
 class ZeroPadShortcut(nn.Module):
@@ -66,14 +61,9 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def make_stage(in_ch: int, out_ch: int, blocks: int, stride: int, shortcut: Shortcut) -> nn.Sequential:
-    return nn.Sequential(
-        BasicBlock(in_ch, out_ch, stride, shortcut),
-        *(BasicBlock(out_ch, out_ch, 1, shortcut) for _ in range(blocks - 1)),
-    )
+class CifarResNet(StagedNet):
+    """forward_features: logits and [stem output, stage 1-3 outputs, pooled feature] (students/layers.py)."""
 
-
-class CifarResNet(nn.Module):
     def __init__(
         self,
         depth: int,
@@ -82,39 +72,17 @@ class CifarResNet(nn.Module):
         shortcut: Shortcut = "B",
         in_channels: int = 3,
     ):
-        super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
         n = (depth - 2) // 6
-        stem, *stage_widths = widths
-        self.stem = nn.Sequential(*conv_bn(in_channels, stem, 3), nn.ReLU(inplace=True))
-        ins = [stem, *stage_widths[:-1]]
-        self.stages = nn.ModuleList(
-            make_stage(i, o, n, stride=1 if k == 0 else 2, shortcut=shortcut)
-            for k, (i, o) in enumerate(zip(ins, stage_widths))
-        )
-        self.fc = nn.Linear(stage_widths[-1], num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Logits and [stem output, stage 1-3 outputs, pooled feature] for feature-based KD."""
-        feats = [self.stem(x)]
-        for stage in self.stages:
-            feats.append(stage(feats[-1]))
-        pooled = torch.flatten(F.adaptive_avg_pool2d(feats[-1], 1), 1)  # any input size, not just 32
-        feats.append(pooled)
-        return self.fc(pooled), feats
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)[0]
+        stem_width, *stage_widths = widths
+        stem = conv_bn_relu(in_channels, stem_width, 3)
+        ins = [stem_width, *stage_widths[:-1]]
+        block = partial(BasicBlock, shortcut=shortcut)
+        stages = [make_stage(block, i, o, n, stride=1 if k == 0 else 2)
+                  for k, (i, o) in enumerate(zip(ins, stage_widths))]
+        super().__init__(stem, stages, nn.Linear(stage_widths[-1], num_classes))
+        init_weights(self)
 
 
 def _register(name: str, depth: int, widths: Widths, shortcut: Shortcut) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.bench import gpu as gpu_report
+from distill.bench.timing import gpu as gpu_report
 from distill.errors import UserError
 
 TINY = ("--device", "cpu", "--arch", "resnet8", "--batch-size", "4", "--warmup", "0", "--steps", "1")
@@ -121,7 +121,7 @@ def test_summarize_writes_every_required_key(tmp_path, monkeypatch, capsys):
     write_gpu_out(out, runs)
     monkeypatch.chdir(tmp_path)  # no git checkout here: the commit comes from GIT_COMMIT
     monkeypatch.setenv("GIT_COMMIT", "abc123")
-    gpu_report.main(["summarize", "--out", str(out), "--runs", str(runs), "--pipeline-seconds", "215", "--pipeline-rc", "0"])
+    gpu_report.main(["summarize", "--out", str(out), "--runs", str(runs)])
     [written] = [p for p in out.iterdir() if p.name.startswith("h100-")]  # <card>-<date>.json
     assert re.fullmatch(r"h100-\d{4}-\d\d-\d\d\.json", written.name)
     summary = json.loads(written.read_text())
@@ -133,7 +133,8 @@ def test_summarize_writes_every_required_key(tmp_path, monkeypatch, capsys):
     assert summary["test_accuracy"] == {"teacher-resnet50": 0.95, "student-resnet20-kd": 0.92}
     teacher = summary["stages"]["teacher-resnet50"]
     assert teacher["epochs"] == 30 and teacher["images_per_second"] == 1e4 and teacher["stage_wall_seconds"] == 120.0
-    assert summary["missing"] == ["compare"] and summary["strong_augment_percent_of_teacher_step"] == 3.5
+    assert set(summary["missing"]) == {"compare", "preflight", "airbench", "fm"}
+    assert summary["strong_augment_percent_of_teacher_step"] == 3.5
 
 
 def test_summarize_merges_a_second_call_and_keeps_compiled_rows_apart(tmp_path):
@@ -154,17 +155,23 @@ def test_summarize_merges_a_second_call_and_keeps_compiled_rows_apart(tmp_path):
                                            "warmup_seconds": 95.0}}
     # `out` comes first: its reference is the headline, and its 8-worker ratio is not replaced by the other's
     assert summary["reference_ratio"] == 3.0 and summary["reference_ratio_by_workers"] == {"8": 3.0, "2": 6.0}
-    assert summary["test_accuracy"]["teacher-resnet50"] == 0.95 and summary["missing"] == ["compare"]
+    assert summary["test_accuracy"]["teacher-resnet50"] == 0.95 and "compare" in summary["missing"]
 
 
 def test_summarize_tolerates_a_run_cut_short(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "01_matmul.json").write_text('{"tflops": 1')  # killed mid-write
-    summary = gpu_report.summarize(out, tmp_path / "no-runs", pipeline_seconds=300.0, pipeline_rc=124)
+    (out / "preflight.json").write_text('{"steps": [')  # likewise
+    (out / "headline.json").write_text(json.dumps(gpu_report.pipeline_record(
+        1, "c.toml", tmp_path / "no-runs", 124, 300.0, True, True)))  # killed in its first stage: no pipeline.json
+    summary = gpu_report.summarize(out, tmp_path / "no-runs")
     assert SUMMARY_KEYS <= summary.keys() and summary["matmul_tflops"] is None and summary["test_accuracy"] == {}
-    assert summary["pipeline_wall_seconds"] == 300.0 and summary["pipeline_exit_code"] == 124
-    assert set(summary["missing"]) >= {"bench", "reference", "pipeline"}
+    assert summary["pipeline_command_seconds"] == 300.0 and summary["pipeline_exit_code"] == 124
+    assert summary["pipeline_wall_seconds"] is None and summary["preflight"] is None
+    assert summary["headline"]["calls"][0]["timed_out"] is True and summary["headline"]["cold_total_seconds"] is None
+    assert summary["targets"]["teacher test accuracy"] == {"target": ">= 0.95", "measured": None, "met": None}
+    assert set(summary["missing"]) >= {"bench", "reference", "pipeline", "airbench", "fm"}
 
 
 def test_gpu_script_parses():

@@ -20,21 +20,37 @@ from distill.front.names import STUDENT_ARCHS, TEACHER_ARCHS
 
 GOLDEN = Path(__file__).with_name("forward_golden.json")
 SIZE = 32
+# The students of RepDistiller's tables are recorded in training mode too: there BatchNorm's batch statistics
+# set every layer's scale, while in eval mode at init their anchors' fan-out init can shrink it to nothing
+# (mobilenetv2's eval-mode logits are ~1e-9: its depthwise kernels start 1/sqrt(channels) below He's scale).
+TRAIN_MODE_ARCHS = ("wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "mobilenetv2", "shufflenetv1",
+                    "shufflenetv2")
 
 
-def logits_of(arch: str) -> torch.Tensor:
+def logits_of(arch: str, train: bool = False) -> torch.Tensor:
     torch.manual_seed(0)
-    model = build_model(make_spec(arch, 10, SIZE)).eval()
+    model = build_model(make_spec(arch, 10, SIZE)).train(train)
     torch.manual_seed(1)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         return model(x)
 
 
+def train_key(arch: str) -> str:
+    return f"{arch} (train mode)"
+
+
 @pytest.mark.parametrize("arch", STUDENT_ARCHS + TEACHER_ARCHS)
 def test_fixed_seed_forward_output_is_unchanged(arch):
     expected = torch.tensor(json.loads(GOLDEN.read_text())[arch])
     torch.testing.assert_close(logits_of(arch), expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", TRAIN_MODE_ARCHS)
+def test_fixed_seed_training_mode_output_is_unchanged(arch):
+    expected = torch.tensor(json.loads(GOLDEN.read_text())[train_key(arch)])
+    assert expected.abs().max() > 0.1  # informative: a changed network could not match it by being ~0
+    torch.testing.assert_close(logits_of(arch, train=True), expected, rtol=1e-3, atol=1e-4)
 
 
 def conv_bn(x, seq, stride=1, relu=True):
@@ -88,6 +104,7 @@ def test_teacher_features_are_the_layers_of_its_forward():
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
-    GOLDEN.write_text(json.dumps({arch: logits_of(arch).tolist() for arch in STUDENT_ARCHS + TEACHER_ARCHS},
-                                 indent=1) + "\n")
+    golden = {arch: logits_of(arch).tolist() for arch in STUDENT_ARCHS + TEACHER_ARCHS}
+    golden |= {train_key(arch): logits_of(arch, train=True).tolist() for arch in TRAIN_MODE_ARCHS}
+    GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
     print(f"wrote {GOLDEN}")
