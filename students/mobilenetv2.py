@@ -15,7 +15,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from distill.students import STUDENTS
+from distill.students.registry import STUDENTS
 from distill.students.layers import StagedNet, conv_bn, conv_bn_relu, init_weights, make_stage
 
 # (expansion t, channels c at width 1, blocks n, first stride s) per group, Sandler et al.'s table 2.

@@ -20,7 +20,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.students import STUDENTS
+from distill.students.registry import STUDENTS
 from distill.students.layers import StagedNet, conv_bn, conv_bn_relu, init_weights, make_stage
 
 Shortcut = Literal["A", "B"]

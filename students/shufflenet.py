@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.students import STUDENTS
+from distill.students.registry import STUDENTS
 from distill.students.layers import StagedNet, channel_shuffle, conv_bn, conv_bn_relu, make_stage
 
 STEM_CHANNELS = 24

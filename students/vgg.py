@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from distill.students import STUDENTS
+from distill.students.registry import STUDENTS
 from distill.students.layers import StagedNet, conv_bn_relu, init_weights
 
 WIDTHS = (64, 128, 256, 512, 512)

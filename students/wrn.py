@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.students import STUDENTS
+from distill.students.registry import STUDENTS
 from distill.students.layers import StagedNet, init_weights, make_stage
 
 

@@ -18,7 +18,6 @@ from distill.front.names import STEMS, TEACHER_ARCHS
 from distill.registry import Registry
 
 TEACHERS: Registry[nn.Module] = Registry("teacher arch", declared=TEACHER_ARCHS)
-TORCHVISION_ARCHS = TEACHER_ARCHS  # declared in distill/names.py, where the CLI reads them without torch
 
 
 def use_cifar_stem(model: nn.Module) -> None:
@@ -135,7 +134,7 @@ def load_state_file(path: Path) -> dict:
     return state
 
 
-for _arch in TORCHVISION_ARCHS:
+for _arch in TEACHER_ARCHS:  # declared in distill/front/names.py, where the CLI reads them without torch
     TEACHERS.register(_arch)(partial(build_torchvision, _arch))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.bench.timing import gpu as gpu_report
+from distill.bench import gpu as gpu_report
 from distill.errors import UserError
 
 TINY = ("--device", "cpu", "--arch", "resnet8", "--batch-size", "4", "--warmup", "0", "--steps", "1")

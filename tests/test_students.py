@@ -70,7 +70,7 @@ FEATURE_SHAPES = {  # [stem, stages..., pooled], 10 classes: the same layout as 
     "shufflenetv1": [(24, 32, 32), (240, 16, 16), (480, 8, 8), (960, 4, 4), (960,)],
     "shufflenetv2": [(24, 32, 32), (116, 16, 16), (232, 8, 8), (464, 4, 4), (1024,)],
 }
-ALL_ARCHS = students.list_archs()
+ALL_ARCHS = students.STUDENTS.list()
 
 
 def images(batch: int = 2, size: int = 32) -> torch.Tensor:
@@ -176,14 +176,14 @@ def test_unknown_arch_lists_valid_names() -> None:
 def test_registered_arch_is_creatable(monkeypatch: pytest.MonkeyPatch) -> None:
     # A private registry swapped in for this test only, so the global one stays unchanged.
     registry: Registry[nn.Module] = Registry("student arch")
-    monkeypatch.setattr(students, "STUDENTS", registry)
+    monkeypatch.setattr(students.registry, "STUDENTS", registry)
 
     @registry.register()
     def tiny(num_classes: int = 10) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
 
-    assert students.list_archs() == ["tiny"]
-    assert students.create("tiny", num_classes=7)(images()).shape == (2, 7)
+    assert registry.list() == ["tiny"]
+    assert students.registry.create("tiny", num_classes=7)(images()).shape == (2, 7)
 
 
 def test_gflops_of_conv_is_analytic() -> None:

@@ -133,7 +133,7 @@ def test_torchvision_state_dict_file_loads_all_but_head_and_derives_the_cifar_co
     assert got["fc.weight"].shape == (10, 512) and got["fc.bias"].shape == (10,)
 
 
-@pytest.mark.parametrize("arch", teachers.TORCHVISION_ARCHS)
+@pytest.mark.parametrize("arch", teachers.TEACHERS.list())
 def test_every_teacher_arch_derives_its_cifar_conv1(arch):
     model = torchvision.models.get_model(arch)  # its own state is a torchvision-format state_dict
     state = model.state_dict()

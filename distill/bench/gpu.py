@@ -52,7 +52,7 @@ def matmul_tflops(n: int = 8192, dtype=None, device=None, reps: int = 20) -> flo
 
 def time_data_load(path: str, cache_dir: Path) -> dict:
     """Seconds of `load_dataset` from an empty cache (unpack + decode + cache write), then cached."""
-    from distill.bench.timing import IMAGE_SIZE
+    from distill.bench.options import IMAGE_SIZE
     from distill.data import load_dataset
 
     if cache_dir.exists() and any(cache_dir.iterdir()):

@@ -1,0 +1,94 @@
+"""The rules the code's layout keeps, read from the imports themselves (module level: what importing a module
+pulls in; imports inside functions are deliberate deferrals and are not edges of the layering)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The command line proper: what only the entry point (and the front itself) may import.
+COMMAND_LINE = {"distill.front.cli", "distill.front.app", "distill.front.experiments", "distill.front.deploy",
+                "distill.front.bench"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[0] in ("teachers", "students"):  # installed as distill.teachers / distill.students
+        parts = ("distill", *parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Every module a file imports at module level (`from x import y` counts x and x.y: y may be a module)."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = {f"{base}.{alias.name}" for alias in node.names}
+            # `from pkg import module` needs the module, not the package's contents
+            found |= names if names <= set(MODULES) else {base} | names
+    return found
+
+
+SOURCES = {module_name(p): p for folder in ("distill", "teachers", "students") for p in (ROOT / folder).rglob("*.py")}
+MODULES = set(SOURCES)
+GRAPH = {name: {m for m in top_level_imports(path) if m in SOURCES and m != name} for name, path in SOURCES.items()}
+
+
+def reachable(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in GRAPH[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def imports_torch(name: str) -> bool:
+    return any(m.split(".")[0] == "torch" for m in top_level_imports(SOURCES[name]))
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SOURCES if n.startswith("distill.front")))
+def test_the_front_imports_no_torch_not_even_through_another_module(name):
+    """The command line checks every name, value and path before torch is imported (a typo answers at once)."""
+    torch_users = sorted(m for m in {name} | reachable(name) if imports_torch(m))
+    assert torch_users == []
+
+
+def test_nothing_below_the_command_line_imports_it():
+    offenders = sorted((name, sorted(GRAPH[name] & COMMAND_LINE)) for name in GRAPH
+                       if GRAPH[name] & COMMAND_LINE and not name.startswith("distill.front") and name != "distill.__main__")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("distill.engine", ("distill.experiments", "distill.bench", "distill.deploy", "distill.front.cli")),
+    ("distill.methods", ("distill.models", "distill.teachers", "distill.students", "distill.engine")),
+    ("distill.data", ("distill.engine", "distill.models", "distill.methods", "distill.experiments")),
+    ("distill.models", ("distill.engine", "distill.methods", "distill.experiments")),
+])
+def test_each_layer_knows_only_what_is_below_it(layer, forbidden):
+    """The engine knows no experiment, benchmark or deployment; a method sees outputs, never networks."""
+    offenders = sorted((name, sorted(m for m in GRAPH[name] if m.startswith(forbidden)))
+                       for name in GRAPH if name.startswith(layer) and any(m.startswith(forbidden) for m in GRAPH[name]))
+    assert offenders == []
+
+
+def test_no_import_cycles():
+    cycles = sorted(name for name in GRAPH if name in reachable(name))
+    assert cycles == []
+
+
+def test_the_rules_see_the_imports():
+    """A rule that reads nothing passes by default: the graph must hold the edges everyone knows are there."""
+    assert "distill.engine.loop" in GRAPH["distill.engine.run"]
+    assert "distill.front.config" in GRAPH["distill.front.cli"]
+    assert imports_torch("distill.engine.loop") and not imports_torch("distill.front.config")
