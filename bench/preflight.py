@@ -128,14 +128,16 @@ class Context:
     env: dict = field(default_factory=dict)
     count: int = 0
 
-    def start(self, *args: str, extra_env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    def start(self, *args: str, slow: float = 0.0) -> tuple[subprocess.Popen, Path]:
+        """`python -m distill ARGS`; with `slow`, each training step sleeps that long (bench/slow_steps.py)."""
         self.count += 1
         log = self.folder / f"{self.count:02d}-{args[0]}.log"
+        entry = [str(REPO / "bench" / "slow_steps.py"), str(slow)] if slow else ["-m", "distill"]
         with open(log, "w") as fh:
-            fh.write("$ python -m distill " + " ".join(map(str, args)) + "\n")
+            fh.write("$ python " + " ".join([*entry, *map(str, args)]) + "\n")
             fh.flush()
-            proc = subprocess.Popen([*python_command(), "-m", "distill", *map(str, args)], stdout=fh,
-                                    stderr=subprocess.STDOUT, env={**self.env, **(extra_env or {})},
+            proc = subprocess.Popen([*python_command(), *entry, *map(str, args)], stdout=fh,
+                                    stderr=subprocess.STDOUT, env=self.env,
                                     start_new_session=True, cwd=REPO)  # where the headline runs
         PROCESSES.add(proc)
         return proc, log
@@ -236,8 +238,7 @@ def resume_step(ctx: Context) -> None:
     out = ctx.folder / "run"
     args = ["teach", *ctx.common(), "--out", out, "--arch", "resnet8", "--epochs", "3", "--lr", "0.05",
             *ctx.compile_options()]
-    # distill's step hook sleeps this long after each step, so the signal lands mid-run (tests use it too)
-    proc, log = ctx.start(*args, extra_env={"DISTILL_TEST_STEP_SLEEP": "0.2"})
+    proc, log = ctx.start(*args, slow=0.2)  # each step then lasts, so the signal lands mid-run
     while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < ctx.deadline:
         time.sleep(0.05)  # epoch 1 is saved: the run is now in epoch 2
     proc.send_signal(signal.SIGINT)

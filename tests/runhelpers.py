@@ -50,10 +50,13 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), **extra}
 
 
-def spawn(args: list, env: dict[str, str] | None = None, launcher: list[str] | None = None) -> subprocess.Popen:
-    """`python -m distill ARGS` (or `LAUNCHER -m distill ARGS`) as a real child process."""
+def spawn(args: list, env: dict[str, str] | None = None, launcher: list[str] | None = None,
+          slow: float = 0.0) -> subprocess.Popen:
+    """`python -m distill ARGS` (or `LAUNCHER -m distill ARGS`) as a real child process; with `slow`, each training
+    step sleeps that long (bench/slow_steps.py), so that a signal reliably lands mid-epoch."""
     launcher = launcher or [sys.executable]
-    return subprocess.Popen([*launcher, "-m", "distill", *map(str, args)], cwd=REPO, env=env or child_env(),
+    entry = [str(REPO / "bench" / "slow_steps.py"), str(slow)] if slow else ["-m", "distill"]
+    return subprocess.Popen([*launcher, *entry, *map(str, args)], cwd=REPO, env=env or child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -25,8 +25,8 @@ SAME_MATH = ["--augment", "none", "--deterministic"]
 RTOL = 1e-4
 
 
-def torchrun(args: list, **env: str):
-    return spawn(args, child_env(GLOO_SOCKET_IFNAME="lo", **env), launcher=TORCHRUN)
+def torchrun(args: list, slow: float = 0.0, **env: str):
+    return spawn(args, child_env(GLOO_SOCKET_IFNAME="lo", **env), launcher=TORCHRUN, slow=slow)
 
 
 def finish(proc) -> str:
@@ -80,7 +80,7 @@ def test_sync_bn_run_interrupted_and_resumed_matches_one_process(cli, tiny_data,
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert cli(*run_args("teach", tiny_data, single, 3, *SAME_MATH)).code == 0
 
-    proc = torchrun(run_args("teach", tiny_data, ddp, 3, *SAME_MATH, "--sync-bn"), DISTILL_TEST_STEP_SLEEP="0.2")
+    proc = torchrun(run_args("teach", tiny_data, ddp, 3, *SAME_MATH, "--sync-bn"), slow=0.2)
     wait_for(lambda: (ddp / "last.pt").exists(), proc, timeout=120)
     proc.send_signal(signal.SIGINT)  # like Ctrl-C: torchrun forwards it to both workers
     _, err = proc.communicate(timeout=120)

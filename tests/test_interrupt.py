@@ -1,6 +1,6 @@
 """Ctrl-C, SIGTERM and SIGKILL sent to real child processes: what is saved, what is printed, and how
-the run continues. DISTILL_TEST_STEP_SLEEP (read by distill/run.py's step hook) slows each step so a signal
-reliably lands mid-run."""
+the run continues. bench/slow_steps.py slows each step through the loop's step hook, so a signal reliably lands
+mid-run."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def interrupt(proc: subprocess.Popen, signum: int) -> str:
 
 def test_ctrl_c_saves_last_pt_and_the_printed_command_finishes_the_run(cli, tiny_data, tmp_path):
     out = tmp_path / "run"
-    proc = spawn(run_args("teach", tiny_data, out, 3), child_env(DISTILL_TEST_STEP_SLEEP="0.2"))
+    proc = spawn(run_args("teach", tiny_data, out, 3), slow=0.2)
     wait_for(lambda: (out / "last.pt").exists(), proc)  # epoch 1 is saved: the child is now in epoch 2
     err = interrupt(proc, signal.SIGINT)
     assert proc.returncode == 130, err
@@ -48,7 +48,7 @@ def test_ctrl_c_saves_last_pt_and_the_printed_command_finishes_the_run(cli, tiny
 
 def test_sigterm_exits_143_with_a_loadable_checkpoint(tiny_data, tmp_path):
     out = tmp_path / "run"
-    proc = spawn(run_args("teach", tiny_data, out, 3), child_env(DISTILL_TEST_STEP_SLEEP="0.2"))
+    proc = spawn(run_args("teach", tiny_data, out, 3), slow=0.2)
     wait_for(lambda: (out / "last.pt").exists(), proc)
     err = interrupt(proc, signal.SIGTERM)
     assert proc.returncode == 143, err
@@ -59,7 +59,7 @@ def test_sigterm_exits_143_with_a_loadable_checkpoint(tiny_data, tmp_path):
 
 def test_second_signal_exits_at_once(tiny_data, tmp_path):
     out = tmp_path / "run"
-    proc = spawn(run_args("teach", tiny_data, out, 3), child_env(DISTILL_TEST_STEP_SLEEP="5"))
+    proc = spawn(run_args("teach", tiny_data, out, 3), slow=5)
     wait_for(lambda: (out / "config.json").exists(), proc)  # written just before the first step
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)  # the child is inside its 5 s step: the first signal only asked it to stop there
@@ -115,12 +115,14 @@ SLOW_SESSION = textwrap.dedent("""
     import os
     from pathlib import Path
 
+    import distill.engine.run as run
     from conftest import write_image_tree
     from runhelpers import run_args
+    from slow_steps import slowed
 
 
     def test_slow_training_in_this_process(cli, tmp_path, monkeypatch):
-        monkeypatch.setenv("DISTILL_TEST_STEP_SLEEP", "0.2")
+        monkeypatch.setattr(run, "step_hook", slowed(0.2))
         cli(*run_args("teach", write_image_tree(tmp_path / "data"), os.environ["RUN_FOLDER"], 100))
 
 
@@ -135,7 +137,7 @@ def test_sigterm_to_pytest_stops_the_session_while_a_test_trains_in_process(tmp_
     (tmp_path / "test_slow.py").write_text(SLOW_SESSION)
     run, reached = tmp_path / "run", tmp_path / "reached"
     env = child_env(RUN_FOLDER=str(run), REACHED=str(reached),
-                    PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+                    PYTHONPATH=os.pathsep.join(map(str, (REPO, REPO / "tests", REPO / "bench"))))
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest",
                              "--rootdir", str(tmp_path), str(tmp_path / "test_slow.py")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -28,7 +28,7 @@ def finished(cli, data, out, *extra):
 def test_a_second_process_on_a_live_run_folder_is_refused_and_a_dead_ones_lock_blocks_nothing(cli, tiny_data,
                                                                                               tmp_path):
     out = tmp_path / "run"
-    proc = spawn(run_args("teach", tiny_data, out, 3), child_env(DISTILL_TEST_STEP_SLEEP="0.3"))
+    proc = spawn(run_args("teach", tiny_data, out, 3), slow=0.3)
     try:
         wait_for(lambda: (out / "config.json").exists(), proc)
         for extra in ((), ("--force",)):

@@ -5,8 +5,6 @@ baselines together): build, fit epoch by epoch with validation and checkpoints, 
 from __future__ import annotations
 
 import json
-import os
-import time
 
 import torch
 
@@ -66,16 +64,8 @@ def end_epoch(group: Group, run: Run, stats: dict) -> None:
 
 
 def step_hook(lead: Run):
-    """After each step: the progress bar, and DISTILL_TEST_STEP_SLEEP seconds of sleep when that is set (only
-    tests set it, so that a signal reliably lands mid-epoch in a child process)."""
-    pause = float(os.environ.get("DISTILL_TEST_STEP_SLEEP", "0"))
-
-    def on_step(step: int, steps: int) -> None:
-        lead.logger.step(step, steps)
-        if pause:
-            time.sleep(pause)
-
-    return on_step
+    """After each step: the progress shown by the lead run's logger."""
+    return lead.logger.step
 
 
 def fit(group: Group, stop: StopSignals) -> None:
