@@ -107,3 +107,19 @@ def tiny_teach_args(data: Path, out: Path, *extra: str) -> list[str]:
 def file_digest(path: Path) -> tuple[int, int]:
     stat = os.stat(path)
     return stat.st_size, stat.st_mtime_ns
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A resnet14 teacher of one epoch on the tiny image folder: (data folder, its best.pt)."""
+    from distill.engine.run import train_run
+    from distill.front import config as config
+
+    root = tmp_path_factory.mktemp("methods")
+    data = write_image_tree(root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILL_CACHE", str(root / "cache"))
+        train_run(config.resolve(config.TeachConfig, {}, {
+            "data": str(data), "arch": "resnet14", "image_size": 16, "val_size": 6, "batch_size": 8, "epochs": 1,
+            "device": "cpu", "quiet": True, "out": str(root / "teacher")}))
+    return data, root / "teacher" / "best.pt"

@@ -115,3 +115,15 @@ def assert_same(a, b, where: str = "checkpoint") -> None:
 
 def temp_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(".*.tmp"))
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    """Exit 2 and one error line, last; before it at most the data loader's status line ("loading ..."),
+    when the problem could only be seen in the data (its classes, its size)."""
+    assert result.code == 2, (result.code, result.err)
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), result.err
+    assert all(line.startswith("loading ") for line in lines[:-1]), result.err
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]

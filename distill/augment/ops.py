@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from distill.augment.trivial import device_constant, fill_levels, trivial_augment
 from distill.augment.spec import AugmentConfig, parse_augment  # noqa: F401  (torch-free; re-exported here)
 
-# The op of each policy name of the spec (tests/test_cli.py checks they match augment_spec.POLICIES); each
+# The op of each policy name of the spec (tests/front/test_cli.py checks they match augment_spec.POLICIES); each
 # takes uint8 images, the fill in uint8 levels per channel and the top translation in pixels.
 _POLICIES: dict[str, Callable[..., Tensor] | None] = {"none": None, "trivial": trivial_augment}
 # The fill colour in [0, 1] when `GpuAugment` is given no training mean: mid grey, which DALI's

@@ -21,7 +21,7 @@ from distill.front.names import ARCHS, STEMS
 from distill.front.options import AT_LEAST_1, MIN_IMAGE_SIZE, NON_NEGATIVE, POSITIVE, Range, dash, opt
 
 # Everything this module imports is torch-free: the CLI resolves and validates a config before it imports
-# torch, so a bad option answers in a fraction of a second (tests/test_cli.py holds it to that).
+# torch, so a bad option answers in a fraction of a second (tests/front/test_cli.py holds it to that).
 
 
 @dataclass

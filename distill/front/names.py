@@ -3,7 +3,7 @@
 The command line checks --arch and --method against these before torch is imported, so a typo answers
 in a fraction of a second instead of after 5-25 s of imports and data decoding. The registries that
 build the models (teachers/, students/) accept only names declared here
-(`Registry(kind, declared=...)`), and tests/test_cli.py checks that every name declared here is
+(`Registry(kind, declared=...)`), and tests/front/test_cli.py checks that every name declared here is
 registered: a name added on one side only fails at import or in that test.
 """
 

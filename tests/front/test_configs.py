@@ -9,7 +9,7 @@ import pytest
 from distill.front import config as C
 from distill.experiments.pipeline import load_pipeline
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def shipped(folder: str) -> list[Path]:

@@ -1,8 +1,8 @@
-"""Every student and teacher arch computes what it computed when tests/forward_golden.json was written
+"""Every student and teacher arch computes what it computed when tests/models/forward_golden.json was written
 (fixed seed, fixed input, eval mode), and the CIFAR ResNets compute what He et al. describe, checked
 against a functional re-implementation (a BasicBlock without its ReLU after the residual add fails both).
 
-Rewrite the golden file only after a deliberate architecture change: python tests/test_forward.py --write
+Rewrite the golden file only after a deliberate architecture change: python tests/models/test_forward.py --write
 """
 
 from __future__ import annotations

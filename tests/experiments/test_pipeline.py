@@ -16,7 +16,7 @@ from conftest import write_image_tree
 from distill.front.cli import main
 from distill.errors import UserError
 from distill.experiments.pipeline import load_pipeline
-from test_bad_input import assert_one_line_error
+from runhelpers import assert_one_line_error
 
 STAGES = ("teacher-resnet8", "student-resnet8-kd", "baseline-resnet8")
 SCALARS = {"accuracy/train", "accuracy/val", "accuracy/test", "lr", "throughput/train_images_per_second",

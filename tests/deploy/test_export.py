@@ -25,7 +25,7 @@ from distill.deploy.export import TOLERANCE, Deployed, sample_images
 from runhelpers import run_args, spawn
 from test_predict import hostile_checkpoints, imports_torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXTRA_LINE = ('error: ONNX export needs the export extra: pip install -e ".[export]" '
               '(or pip install onnx onnxscript onnxruntime)\n')
 

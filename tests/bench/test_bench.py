@@ -20,7 +20,7 @@ ROW_KEYS = {"arch", "mode", "batch_size", "precision", "channels_last", "compile
 SUMMARY_KEYS = {"device", "torch", "date", "commit", "matmul_tflops", "teacher_train_images_per_second",
                 "reference_images_per_second", "reference_ratio", "distill_images_per_second",
                 "teacher_forward_images_per_second", "pipeline_wall_seconds", "test_accuracy", "stages"}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def bench_json(cli, *args: str) -> dict:

@@ -12,8 +12,7 @@ import pytest
 from conftest import file_digest
 from distill.engine.checkpoint import load_checkpoint
 from distill.engine.optim import lr_factor
-from runhelpers import assert_same, before_steps_from_epoch, run_args, signal_after_steps
-from test_bad_input import assert_one_line_error
+from runhelpers import assert_one_line_error, assert_same, before_steps_from_epoch, run_args, signal_after_steps
 from test_teach import scalars
 
 STEPS = 5  # 42 training images in batches of 8

@@ -239,7 +239,7 @@ load_dataset(sys.argv[1], cache_dir=sys.argv[2], quiet=True)
 def test_unpack_killed_midway_leaves_no_temporary_for_long(tmp_path):
     archive, cache = write_tar(write_tree(tmp_path / "t"), tmp_path / "t.tar.gz", "x"), tmp_path / "cache"
     child = subprocess.Popen([sys.executable, "-c", KILLED_UNPACK, str(archive), str(cache)],
-                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
     assert child.stdout.readline() == "unpacking\n"
     (temp,) = (cache / "extracted").iterdir()
     assert temp.name.startswith(".") and temp.name.endswith(".tmp")

@@ -21,8 +21,7 @@ import torch
 import torchvision
 
 from distill.engine.checkpoint import load_checkpoint
-from runhelpers import before_steps_from_epoch, run_args, spawn, temp_files
-from test_bad_input import assert_one_line_error
+from runhelpers import assert_one_line_error, before_steps_from_epoch, run_args, spawn, temp_files
 
 
 class MakesFile:

@@ -564,7 +564,7 @@ def test_no_op_reads_device_values_back(monkeypatch):
 
 
 def _augment_cost():
-    path = Path(__file__).resolve().parents[1] / "bench" / "augment_cost.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "augment_cost.py"
     spec = importlib.util.spec_from_file_location("augment_cost", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -116,27 +116,11 @@ dist.destroy_process_group()
     assert "BANKS AGREE" in result.stdout
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    from conftest import write_image_tree
-    from distill.front import config as C
-    from distill.engine.run import train_run
-
-    root = tmp_path_factory.mktemp("crd")
-    data = write_image_tree(root / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DISTILL_CACHE", str(root / "cache"))
-        train_run(C.resolve(C.TeachConfig, {}, {"data": str(data), "arch": "resnet14", "image_size": 16,
-                                                "val_size": 6, "batch_size": 8, "epochs": 1, "device": "cpu",
-                                                "quiet": True, "out": str(root / "teacher")}))
-    return data, root / "teacher" / "best.pt"
-
-
 CRD = ("--method", "crd", "--crd-negatives", "16", "--crd-dim", "16", "--deterministic")
 
 
-def test_a_crd_run_interrupted_and_resumed_equals_the_uninterrupted_one(cli, teacher, tmp_path, monkeypatch):
-    data, best = teacher
+def test_a_crd_run_interrupted_and_resumed_equals_the_uninterrupted_one(cli, tiny_teacher, tmp_path, monkeypatch):
+    data, best = tiny_teacher
     args = ("--teacher", best, "--any-teacher", *CRD)
     assert cli(*run_args("student", data, tmp_path / "whole", 2, *args)).code == 0
     with monkeypatch.context() as m:
@@ -150,12 +134,12 @@ def test_a_crd_run_interrupted_and_resumed_equals_the_uninterrupted_one(cli, tea
     assert state["bank_s"].shape == (42, 16) and (state["z"] > 0).all()  # 48 images - 6 for validation
 
 
-def test_crd_in_a_group_behind_one_teacher_forward_ends_as_trained_alone(teacher, tmp_path, monkeypatch):
+def test_crd_in_a_group_behind_one_teacher_forward_ends_as_trained_alone(tiny_teacher, tmp_path, monkeypatch):
     import distill.engine.loop as train_mod
     from distill.front import config as C
     from distill.engine.run import train_group, train_run
 
-    data, best = teacher
+    data, best = tiny_teacher
 
     def group(folder):
         common = {"data": str(data), "image_size": 16, "val_size": 6, "batch_size": 8, "epochs": 1, "device": "cpu",

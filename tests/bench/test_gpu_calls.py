@@ -20,7 +20,7 @@ from distill.front.config import parse_assignments
 from distill.errors import UserError
 from distill.experiments.pipeline import load_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GPU_SH = REPO / "bench" / "gpu.sh"
 HEADLINE = REPO / "configs" / "pipeline" / "cifar10.toml"
 FM = REPO / "configs" / "pipeline" / "cifar10_fm.toml"

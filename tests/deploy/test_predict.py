@@ -282,7 +282,7 @@ def imports_torch(importtime_stderr: str) -> bool:
     (["no/such/image.png"], "no/such/image.png not found"),
 ])
 def test_bad_options_answer_before_torch_is_imported(run, args, needle):
-    """A real process, as in tests/test_cli.py: no torch module may be imported before the error."""
+    """A real process, as in tests/front/test_cli.py: no torch module may be imported before the error."""
     args = ["predict", run / "best.pt", data_of(run) / "test", *args]
     proc = spawn(args, launcher=[sys.executable, "-X", "importtime"])
     _, err = proc.communicate(timeout=60)

@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+from runhelpers import assert_one_line_error
+
 from conftest import file_digest, tiny_teach_args
 
 
@@ -31,18 +33,6 @@ def break_data(kind: str, data):
 
 DATA_CASES = {"missing": "nowhere", "neither layout": "train/", "empty class": "boat",
               "bad image": "0003.png", "class mismatch": "ship"}
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    """Exit 2 and one error line, last; before it at most the data loader's status line ("loading ..."),
-    when the problem could only be seen in the data (its classes, its size)."""
-    assert result.code == 2, (result.code, result.err)
-    assert "Traceback" not in result.err
-    lines = result.err.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), result.err
-    assert all(line.startswith("loading ") for line in lines[:-1]), result.err
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
 
 
 @pytest.fixture

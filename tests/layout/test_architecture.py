@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The command line proper: what only the entry point (and the front itself) may import.
 COMMAND_LINE = {"distill.front.cli", "distill.front.app", "distill.front.experiments", "distill.front.deploy",
                 "distill.front.bench"}

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from distill.experiments.chart import Series, format_params, most_different
 from distill.experiments.compare import ACCURACY_TAG, CHART_TAG, SUMMARY_TAG, compare, markdown_summary
-from test_bad_input import assert_one_line_error
+from runhelpers import assert_one_line_error
 
 @pytest.fixture(autouse=True)
 def terminal(monkeypatch):

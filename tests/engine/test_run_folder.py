@@ -14,8 +14,7 @@ import torch
 
 import distill.engine.run as run_mod
 from distill.engine.checkpoint import load_checkpoint
-from runhelpers import child_env, run_args, spawn, wait_for
-from test_bad_input import assert_one_line_error
+from runhelpers import assert_one_line_error, run_args, spawn, wait_for
 
 RESULTS = ("last.pt", "best.pt", "metrics.json", "predictions.pt", "config.json")
 
