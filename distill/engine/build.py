@@ -41,7 +41,7 @@ def load_teacher(cfg: C.StudentConfig, classes: list[str], device: torch.device,
     if ck.get("role") != "teacher" and not cfg.any_teacher:
         raise UserError(f"{cfg.teacher} is a {ck.get('role')} checkpoint, not a teacher: pass --any-teacher "
                         f"to distill from it anyway, or give a checkpoint of `distill teach`")
-    require_classes(ck["classes"], classes, cfg.teacher)
+    require_classes(ck["classes"], classes, cfg.teacher, "use a teacher trained on the same data")
     model, pre = model_from_checkpoint(ck, cfg.teacher, device, channels_last)
     info = {"path": str(cfg.teacher), "arch": ck["spec"]["arch"], "role": ck.get("role"),
             "test_accuracy": (ck.get("metrics") or {}).get("test_accuracy"),

@@ -13,12 +13,11 @@ from distill.front import config as C
 from distill.methods import all_option_names, resolve_options
 
 
-def require_classes(teacher_classes: list[str], data_classes: list[str], path: str) -> None:
-    if teacher_classes != data_classes:
-        raise UserError(
-            f"teacher {path} was trained on classes {teacher_classes[:4]}... but the data has "
-            f"{data_classes[:4]}...: use a teacher trained on the same data"
-        )
+def require_classes(trained: list[str], data: list[str], path, advice: str) -> None:
+    """A model's head fits only the classes it was trained on, in their order."""
+    if trained != data:
+        raise UserError(f"{path} was trained on classes {classes_text(trained)} but the data has "
+                        f"{classes_text(data)}: {advice}")
 
 
 # Settings every run of a group must share: they fix the batches, the augmentation draws and the step count.

@@ -31,14 +31,12 @@ def model_from_checkpoint(ck: dict, path, device: torch.device, channels_last: b
 def evaluate_checkpoint(path: Path, data: str | None, limit_test: int | None, tta: bool, device: torch.device,
                         cache_dir: Path | None = None, batch_size: int = 1024, quiet: bool = False) -> dict:
     from distill.data import load_dataset, make_splits
-    from distill.engine.evaluate import evaluate
+    from distill.engine.checks import require_classes
 
     ck = ckpt_io.load_checkpoint(path)
     cfg = ck["config"]
     ds = load_dataset(data or cfg.get("data"), ckpt_io.decode_size(ck), cache_dir, False, quiet=quiet)
-    if ds.classes != ck["classes"]:
-        raise UserError(f"{path} was trained on classes {ck['classes']} but the data has {ds.classes}: "
-                        f"evaluate it on the data it was trained for")
+    require_classes(ck["classes"], ds.classes, path, "evaluate it on the data it was trained for")
     splits = make_splits(ds, 0, None, limit_test, cfg.get("seed", 0))
     model, pre = model_from_checkpoint(ck, path, device)
     amp = torch.bfloat16 if device.type == "cuda" else None

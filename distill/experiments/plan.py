@@ -21,7 +21,7 @@ MANAGED = {"config", "out", "resume", "force"}  # set per stage by the pipeline,
 STUDENT_MANAGED = MANAGED | {"teacher", "no_teacher"}  # the teacher is the teacher stage's best.pt
 # What a baseline drops from its student's table: the distillation, and the mixing a student adds to see the
 # teacher on mixed images (a baseline keeps the group's shared, unmixed batch).
-KD_ONLY = ("method", "any_teacher", "mix", *all_option_names())
+DISTILLATION_KEYS = ("method", "any_teacher", "mix", *all_option_names())
 SHARED = {f.name for f in dataclasses.fields(C.TrainConfig)}  # valid for a teacher and a student alike
 ROLE_TABLES = ((C.TeachConfig, "[teacher]"), (C.StudentConfig, "[[students]]"))
 
@@ -129,7 +129,7 @@ def baseline_tables(students: list[dict]) -> list[dict]:
     first: dict[str, dict] = {}
     for values in students:
         first.setdefault(values["arch"], values)
-    return [{k: v for k, v in s.items() if k not in KD_ONLY} | {"no_teacher": True} for s in first.values()]
+    return [{k: v for k, v in s.items() if k not in DISTILLATION_KEYS} | {"no_teacher": True} for s in first.values()]
 
 
 def check_top(raw: dict, source: str) -> None:

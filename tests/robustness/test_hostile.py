@@ -75,7 +75,7 @@ def bad_checkpoint(kind: str, trained, folder) -> tuple:
     if kind == "other classes":
         ck = torch.load(trained["teacher"], weights_only=True)
         torch.save({**ck, "classes": ["xenon", "yak", "zebra"]}, path)
-        return path, "trained on classes ['xenon', 'yak', 'zebra']"
+        return path, "trained on classes 3 [xenon, yak, zebra] but the data has 3 [apple, boat, cloud]"
     if kind == "missing":
         return folder / "nowhere.pt", "not found"
     raise AssertionError(kind)
