@@ -13,8 +13,8 @@ empty inductor cache (so the preflight warms nothing the headline compiles) and 
 
   teacher   distill teach: torchvision resnet18 (CIFAR stem), strong augmentation, compiled in
             reduce-overhead mode (CUDA graphs) for a few steps, then tested
-  group     distill pipeline: a tiny teacher, then two students (kd, dkd) and a baseline trained together,
-            compiled, behind the compiled teacher
+  group     distill pipeline: a tiny teacher, then two students (kd; dkd mixing its own batches, so the teacher
+            runs twice a step) and a baseline trained together, compiled, behind the compiled teacher
   feature   distill pipeline: a fitnet student (features), compiled, behind the compiled teacher
   resume    distill teach stopped by SIGINT after its first checkpoint, then --resume to the end
   deploy    distill export (onnx) and distill predict on the device of a checkpoint trained there
@@ -201,13 +201,14 @@ def teacher_step(ctx: Context) -> None:
             f"{out / 'metrics.json'} lacks the test accuracy of 2 epochs")
 
 
-def pipeline_toml(ctx: Context, students: list[tuple[str, str]], baselines: bool) -> str:
-    """A pipeline with a tiny uncompiled teacher (torchvision, as the headline's) and compiled students."""
+def pipeline_toml(ctx: Context, students: list[tuple[str, str, str]], baselines: bool) -> str:
+    """A pipeline with a tiny uncompiled teacher (torchvision, as the headline's) and compiled students, each
+    (arch, method, its own --mix or "none")."""
     flag = "true" if ctx.compile else "false"
     head = (f"baselines = {str(baselines).lower()}\ntrain_together = true\n\n[common]\nepochs = 2\nlr = 0.05\n"
             f"tta = true\n\n[teacher]\narch = \"resnet18\"\nstem = \"cifar\"\nepochs = 1\ncompile = false\n")
-    tables = [f"\n[[students]]\narch = \"{arch}\"\nmethod = \"{method}\"\ncompile = {flag}\ncompile_teacher = {flag}\n"
-              for arch, method in students]
+    tables = [f"\n[[students]]\narch = \"{arch}\"\nmethod = \"{method}\"\nmix = \"{mix}\"\ncompile = {flag}\n"
+              f"compile_teacher = {flag}\n" for arch, method, mix in students]
     return head + "".join(tables)
 
 
@@ -222,14 +223,16 @@ def run_pipeline(ctx: Context, toml: str, *extra: str) -> dict:
 
 
 def group_step(ctx: Context) -> None:
-    report = run_pipeline(ctx, pipeline_toml(ctx, [("resnet8", "kd"), ("resnet8", "dkd")], baselines=True))
+    # The dkd student mixes its own batches (function matching): two teacher forwards a step, both compiled.
+    students = [("resnet8", "kd", "none"), ("resnet8", "dkd", "mixup=0.2,cutmix=1.0")]
+    report = run_pipeline(ctx, pipeline_toml(ctx, students, baselines=True))
     together = [stage.get("trained_together", []) for stage in report["stages"][1:]]
     require(len(together) == 3 and all(len(names) == 3 for names in together),
             f"the two students and the baseline did not train as one group: {together}")
 
 
 def feature_step(ctx: Context) -> None:
-    report = run_pipeline(ctx, pipeline_toml(ctx, [("resnet8", "fitnet")], baselines=False))
+    report = run_pipeline(ctx, pipeline_toml(ctx, [("resnet8", "fitnet", "none")], baselines=False))
     student = ctx.folder / "runs" / report["stages"][-1]["name"] / "metrics.json"
     require(read_json(student).get("method") == "fitnet", f"{student} is not a finished fitnet run")
 

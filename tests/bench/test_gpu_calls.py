@@ -60,8 +60,9 @@ def test_every_preflight_step_passes_on_the_cpu(tmp_path):
     assert (runs / "deploy" / "model.onnx").is_file()
 
 
-@pytest.mark.parametrize("students, baselines", [([("resnet8", "kd"), ("resnet8", "dkd")], True),
-                                                  ([("resnet8", "fitnet")], False)], ids=["group", "feature"])
+@pytest.mark.parametrize("students, baselines", [
+    ([("resnet8", "kd", "none"), ("resnet8", "dkd", "mixup=0.2,cutmix=1.0")], True),
+    ([("resnet8", "fitnet", "none")], False)], ids=["group", "feature"])
 def test_the_preflight_s_compiled_pipelines_validate(tmp_path, students, baselines):
     """What the GPU runs compiled (never run here): students and teacher forward compiled, the teacher stage not."""
     opts = preflight.Options("cuda", True, tmp_path, 32, 1.0, 1.0, 4, 2)
@@ -73,6 +74,7 @@ def test_the_preflight_s_compiled_pipelines_validate(tmp_path, students, baselin
     cfgs = [stage.config(pipe.out) for stage in pipe.stages]
     assert cfgs[0].compile is False and all(c.compile is True for c in cfgs[1:])
     assert [c.compile_teacher for c in cfgs[1:] if c.effective_method != "none"] == [True] * len(students)
+    assert [c.mix for c in cfgs[1:] if c.effective_method != "none"] == [mix for _, _, mix in students]
     assert len(cfgs) == 1 + len(students) + baselines
 
 
@@ -354,7 +356,6 @@ def test_the_headline_config_validates_as_each_call_runs_it(tmp_path, sets):
         assert all(c.epochs == 1 and c.limit_train == 100 and c.batch_size == 25 for c in cfgs)
 
 
-@pytest.mark.skipif(not FM.is_file(), reason="configs/pipeline/cifar10_fm.toml is being added by the lead")
 def test_the_function_matching_pipeline_reuses_the_headline_teacher(tmp_path):
     runs = str(tmp_path / "runs")
     headline, fm = (load_pipeline(path, {"data": "d", "quiet": True}, runs) for path in (HEADLINE, FM))
