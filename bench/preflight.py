@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from distill.synthetic import CLASSES, write_image_tree  # torch-free: the preflight itself stays light
+
 REPO = Path(__file__).resolve().parents[1]
 FM_CONFIG = REPO / "configs" / "pipeline" / "cifar10_fm.toml"
 FALLBACK = ["--set", "compile=false"]  # compile_teacher unset follows the students: off too
 TAIL_LINES = 15  # of a failed command's log, printed on stderr (steps.log on the device)
-CLASSES = ("apple", "boat", "cloud")
 
 
 class StepFailed(Exception):
@@ -282,24 +283,6 @@ def all_steps() -> list[Step]:
 # Running them
 
 
-def write_data(root: Path, train_per_class: int, test_per_class: int, size: int = 32) -> Path:
-    """Learnable tiny data: each class its own colour plus noise, as lossless PNG (an image-folder tree)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for k, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            base = np.zeros(3)
-            base[k % 3] = 200
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
-    return root
-
-
 def step_env(folder: Path, threads: int) -> dict:
     """Its own empty caches: a cold compile as the headline's, and nothing of it left for the headline."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", DISTILL_CACHE=str(folder / "cache"),
@@ -401,7 +384,7 @@ def run_step(step: Step, opts: Options, data: Path, report: Report, threads: int
 def run_all(steps: list[Step], opts: Options, json_path: Path | None) -> dict:
     """Every step in parallel; returns the summary (also written to json_path after each step)."""
     opts.out.mkdir(parents=True, exist_ok=True)
-    data = write_data(opts.out / "data", opts.train_per_class, opts.test_per_class)
+    data = write_image_tree(opts.out / "data", opts.train_per_class, opts.test_per_class, size=32)
     report = Report(opts, json_path, steps)
     threads = max(1, (os.cpu_count() or 1) // max(1, len(steps)))
     with ThreadPoolExecutor(max_workers=max(1, len(steps))) as pool:

@@ -7,29 +7,11 @@ import signal
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from distill.front.cli import main
 
-CLASSES = ("apple", "boat", "cloud")
-
-
-def write_image_tree(root: Path, train_per_class: int = 16, test_per_class: int = 4, size: int = 16,
-                     classes=CLASSES, seed: int = 0) -> Path:
-    """Learnable tiny data: each class has its own mean colour plus noise, saved as lossless PNG."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for k, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            base = np.zeros(3)
-            base[k % 3] = 200
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
-    return root
+from distill.synthetic import CLASSES, write_image_tree  # noqa: F401  (tests import both from here)
 
 
 @pytest.fixture

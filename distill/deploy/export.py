@@ -16,7 +16,6 @@ torch.jit.load) and pt2 (torch.export; torch.export.load). Export runs on the CP
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from distill.augment.ops import Preprocess, to_float
 from distill.deploy.formats import DEFAULT_OPSET, FORMATS, sidecar_path
 from distill.errors import UserError
 from distill.deploy.predict import Loaded, load_for_inference
+from distill.engine.checkpoint import file_sha256
 
 TOLERANCE = 1e-4  # largest |p_exported - p_checkpoint| accepted (fp32 on the CPU; measured differences ~1e-7)
 PARITY_IMAGES = 8
@@ -125,14 +125,6 @@ def parity(module: Deployed, run: Callable[[Tensor], Tensor], size: int, dynamic
     return {"images": len(x), "max_abs_diff": diff, "top1_agreement": agree / len(x), "tolerance": TOLERANCE}
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sidecar(loaded: Loaded, checkpoint: Path, fmt: str, out: Path, dynamic: bool, opset: int, check: dict) -> dict:
     from distill import package_version
 
@@ -151,7 +143,7 @@ def sidecar(loaded: Loaded, checkpoint: Path, fmt: str, out: Path, dynamic: bool
         "model_input_size": ck["spec"]["input_size"], "normalization": ck["normalization"],
         "arch": ck["spec"]["arch"], "role": ck.get("role"), "distill_version": package_version(),
         "torch_version": torch.__version__, "checkpoint": str(checkpoint.resolve()),
-        "checkpoint_sha256": sha256(checkpoint), "parity": check,
+        "checkpoint_sha256": file_sha256(checkpoint), "parity": check,
     }
 
 
