@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from distill.front.cli import main
-
 from distill.synthetic import CLASSES, write_image_tree  # noqa: F401  (tests import both from here)
+from runhelpers import RICH_ENV
 
 
 @pytest.fixture
@@ -49,6 +49,15 @@ def _signal_handlers_restored():
     for sig, handler in before.items():
         signal.signal(sig, handler)
     assert not left, f"the test left its own handler for {', '.join(left)} instead of the previous one"
+
+
+@pytest.fixture(autouse=True)
+def _a_terminal_of_its_own(monkeypatch):
+    """No test depends on the caller's terminal (TERM=dumb in Emacs, NO_COLOR, a narrow COLUMNS): rich reads these,
+    so each test starts from none of them and 80 columns; a test about terminals sets its own (terminal_env)."""
+    for name in RICH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "80")
 
 
 @pytest.fixture(autouse=True)
