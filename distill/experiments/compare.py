@@ -33,8 +33,7 @@ from rich.table import Table
 from distill import stats
 from distill.text import minutes, percent
 from distill.experiments.chart import Point, Series, accuracy_per_run, accuracy_vs_params, per_class
-from distill.engine.checkpoint import (PREDICTIONS_FILE, PREDICTIONS_FORMAT, PREDICTIONS_VERSION, read_torch_file,
-                                write_atomic)
+from distill.engine.checkpoint import PREDICTIONS_FILE, PredictionsError, read_predictions, write_atomic
 from distill.data.files import special_kind
 from distill.errors import UserError
 
@@ -258,12 +257,12 @@ class Predictions:
         path = run.folder / PREDICTIONS_FILE
         if not path.is_file():
             return None  # an older run: no paired statistics, and nothing to report
-        try:  # the one reader of torch files: weights_only, and every failure one line
-            data = read_torch_file(path)
-        except UserError:
-            data, problem = None, "is unreadable"
+        try:
+            data = read_predictions(path)
+        except PredictionsError as why:
+            data, problem = None, str(why)
         else:
-            problem = predictions_problem(data) or accuracy_mismatch(data, run.accuracy)
+            problem = accuracy_mismatch(data, run.accuracy)
         if problem:
             self.notes.append(f"{run.name}: {PREDICTIONS_FILE} {problem}; treated as missing")
             return None
@@ -278,24 +277,6 @@ class Predictions:
             self.notes.append(f"{run.name}: its test labels differ from {other.name}'s (another test split?); {lost}")
             return None
         return mine, theirs
-
-
-def predictions_problem(data: object) -> str | None:
-    """What is wrong with a loaded predictions.pt, or None when it has the documented layout."""
-    if not isinstance(data, dict) or data.get("format") != PREDICTIONS_FORMAT:
-        return "is not a distill predictions file"
-    if not isinstance(data.get("version"), int) or data["version"] > PREDICTIONS_VERSION:
-        return f"has an unknown version ({data.get('version')!r}): upgrade distill"
-    labels, top1, probs = (data.get(k) for k in ("labels", "top1", "probs"))
-    if not all(isinstance(t, torch.Tensor) for t in (labels, top1, probs)):
-        return "lacks the labels, top1 or probs tensor"
-    if labels.is_floating_point() or top1.is_floating_point() or not probs.is_floating_point():
-        return "has tensors of the wrong type (labels and top1 hold classes, probs probabilities)"
-    if labels.ndim != 1 or not len(labels) or top1.shape != labels.shape or probs.ndim != 2 \
-            or probs.shape[0] != len(labels):
-        return f"has mismatched shapes (labels {tuple(labels.shape)}, top1 {tuple(top1.shape)}, " \
-               f"probs {tuple(probs.shape)})"
-    return None
 
 
 def accuracy_mismatch(data: dict, accuracy: float | None) -> str | None:
