@@ -1,7 +1,10 @@
-"""Checkpoints: written atomically, read with weights_only=True, refused with one clear line when broken.
+"""Checkpoints and predictions files: written atomically, read with weights_only=True, refused with one clear
+line when broken.
 
 A distill checkpoint is a plain dict of tensors, numbers, strings and lists, so a weights-only
-`torch.load` reads it and nothing in it can run code.
+`torch.load` reads it and nothing in it can run code. So is predictions.pt, whose layout is defined here
+once: `predictions_record` (what distill.engine.results writes) and `read_predictions` (what
+distill.experiments reads back).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from distill.errors import UserError
 
 FORMAT = "distill-checkpoint"
 VERSION = 1
-# Every run's per-image test results, beside metrics.json (distill.engine.results writes, distill.experiments.compare reads).
+# Every run's per-image test results, beside metrics.json.
 PREDICTIONS_FILE, PREDICTIONS_FORMAT, PREDICTIONS_VERSION = "predictions.pt", "distill-predictions", 1
 
 
@@ -199,3 +202,45 @@ def looks_like_state_dict(obj: object) -> bool:
 def eval_state_dict(ckpt: dict) -> dict:
     """The weights that were evaluated (EMA or raw, whichever won on validation)."""
     return ckpt["ema"] if ckpt.get("eval_weights") == "ema" and ckpt.get("ema") is not None else ckpt["model"]
+
+
+class PredictionsError(ValueError):
+    """What is wrong with a predictions file, as the words that follow its name ("is unreadable")."""
+
+
+def predictions_record(classes: list[str], labels: torch.Tensor, probs: torch.Tensor, tta: bool) -> dict:
+    """predictions.pt: per test image its label, top-1 class and probabilities (float16: 2 bytes a class is
+    plenty for agreement and KL)."""
+    probs = probs.float().cpu()
+    return {"format": PREDICTIONS_FORMAT, "version": PREDICTIONS_VERSION, "classes": classes,
+            "labels": labels.cpu().long(), "top1": probs.argmax(1), "probs": probs.half(), "tta": tta}
+
+
+def read_predictions(path: Path) -> dict:
+    """A predictions file as `predictions_record` wrote it; PredictionsError says what is wrong with any other."""
+    try:  # the one reader of torch files: weights_only, and every failure one line
+        data = read_torch_file(path)
+    except UserError:
+        raise PredictionsError("is unreadable") from None
+    problem = predictions_problem(data)
+    if problem:
+        raise PredictionsError(problem)
+    return data
+
+
+def predictions_problem(data: object) -> str | None:
+    """What is wrong with a loaded predictions file, or None when it has predictions_record's layout."""
+    if not isinstance(data, dict) or data.get("format") != PREDICTIONS_FORMAT:
+        return "is not a distill predictions file"
+    if not isinstance(data.get("version"), int) or data["version"] > PREDICTIONS_VERSION:
+        return f"has an unknown version ({data.get('version')!r}): upgrade distill"
+    labels, top1, probs = (data.get(k) for k in ("labels", "top1", "probs"))
+    if not all(isinstance(t, torch.Tensor) for t in (labels, top1, probs)):
+        return "lacks the labels, top1 or probs tensor"
+    if labels.is_floating_point() or top1.is_floating_point() or not probs.is_floating_point():
+        return "has tensors of the wrong type (labels and top1 hold classes, probs probabilities)"
+    if labels.ndim != 1 or not len(labels) or top1.shape != labels.shape or probs.ndim != 2 \
+            or probs.shape[0] != len(labels):
+        return f"has mismatched shapes (labels {tuple(labels.shape)}, top1 {tuple(top1.shape)}, " \
+               f"probs {tuple(probs.shape)})"
+    return None

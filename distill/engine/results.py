@@ -13,7 +13,7 @@ import time
 import torch
 
 from distill.engine import checkpoint as ckpt_io
-from distill.engine.checkpoint import PREDICTIONS_FILE, PREDICTIONS_FORMAT, PREDICTIONS_VERSION
+from distill.engine.checkpoint import PREDICTIONS_FILE, predictions_record
 from distill.front import config as C
 from distill.engine.device import device_name
 from distill.engine.confusion import confusion_counts, confusion_png
@@ -116,13 +116,9 @@ def warn_weak_teachers(group: Group, metrics: list[dict]) -> None:
 
 
 def write_predictions(group: Group, run: Run, probs: torch.Tensor) -> None:
-    """Per test image: label, top-1 and probabilities (float16: 2 bytes a class is plenty for agreement
-    and KL), written atomically like every file of a run."""
-    probs = probs.float().cpu()
-    ckpt_io.save_atomic({"format": PREDICTIONS_FORMAT, "version": PREDICTIONS_VERSION,
-                         "classes": group.splits.classes,
-                         "labels": group.splits.test_y.cpu().long(), "top1": probs.argmax(1),
-                         "probs": probs.half(), "tta": run.cfg.tta}, run.out / PREDICTIONS_FILE)
+    """Per test image: label, top-1 and probabilities, written atomically like every file of a run."""
+    s = group.splits
+    ckpt_io.save_atomic(predictions_record(s.classes, s.test_y, probs, run.cfg.tta), run.out / PREDICTIONS_FILE)
 
 
 def method_text(metrics: dict) -> str:

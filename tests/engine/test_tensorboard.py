@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-import distill.experiments.compare as compare_mod
-from distill.experiments.compare import Run, chart_label, per_class_charts, per_class_series
 from distill.engine.confusion import confusion_counts, confusion_png
+from distill.experiments import outputs
+from distill.experiments.outputs import chart_label, per_class_charts, per_class_series
+from distill.experiments.runs import FinishedRun
 
 CARD_WIDTH = 320  # px: an image card of TensorBoard 2.21 in a 1400 px wide window (bench/tb_screenshots.py)
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -34,9 +35,10 @@ def test_confusion_numbers_and_class_names_are_legible_on_a_tensorboard_card(mon
         assert text.get_fontsize() * dpi / 72 * shrink >= 10, (text.get_text(), text.get_fontsize(), shrink)
 
 
-def run(folder: str, role: str, arch: str, method: str | None = None, teacher: Run | None = None) -> Run:
+def run(folder: str, role: str, arch: str, method: str | None = None,
+        teacher: FinishedRun | None = None) -> FinishedRun:
     row = {"name": Path(folder).name, "role": role, "arch": arch, "method": method}
-    return Run(Path(folder), row, {"per_class_accuracy": {c: 0.5 for c in CLASSES}}, teacher=teacher)
+    return FinishedRun(Path(folder), row, {"per_class_accuracy": {c: 0.5 for c in CLASSES}}, teacher=teacher)
 
 
 def test_chart_labels_read_the_same_on_every_chart_and_the_per_class_title_names_what_it_plots(monkeypatch):
@@ -52,7 +54,7 @@ def test_chart_labels_read_the_same_on_every_chart_and_the_per_class_title_names
     assert [(s.label, s.role) for s in series] == [("resnet20 teacher", "teacher"), ("resnet8 baseline", "baseline"),
                                                    ("resnet8 kd", "student"), ("resnet8 dkd", "student")]
     titles = []
-    monkeypatch.setattr(compare_mod, "per_class", lambda classes, series, title: titles.append(title))
+    monkeypatch.setattr(outputs, "per_class", lambda classes, series, title: titles.append(title))
     per_class_charts(runs, Path("."))
     assert titles == ["per-class test accuracy: exp / resnet8 runs and teacher"]  # not just "resnet8"
     alone = [run(str(r.folder), "student", "resnet8", r.row["method"]) for r in students]  # taught by no run here

@@ -595,3 +595,61 @@ def test_paths_with_spaces_stay_whole_on_a_narrow_terminal(tmp_path, cli, monkey
     header = next(line for line in lines if line.startswith("run "))
     assert header.split() == ["run", "test", "acc", "gain", "[95%", "CI]"]  # agree and params left out
     assert "left out to fit 40 columns: agree, params (every column takes" in flat("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# predictions.pt: one format, written by the engine and read by compare through one reader (issue 18).
+
+def test_compare_reads_the_predictions_file_the_engine_writes(scored, cli):
+    from types import SimpleNamespace
+
+    from distill.engine.checkpoint import read_predictions
+    from distill.engine.results import write_predictions as engine_writes
+
+    for folder in (scored / "student-resnet8x4-kd", scored / "baseline-resnet8x4", scored / "teacher-resnet50"):
+        probs = torch.load(folder / "predictions.pt", weights_only=True)["probs"]
+        group = SimpleNamespace(splits=SimpleNamespace(classes=CLASSES, test_y=LABELS.int()))
+        engine_writes(group, SimpleNamespace(out=folder, cfg=SimpleNamespace(tta=True)), probs.float())
+        data = read_predictions(folder / "predictions.pt")
+        assert data["tta"] is True and data["labels"].dtype == torch.long and data["probs"].dtype == torch.float16
+        assert torch.equal(data["labels"], LABELS) and torch.equal(data["top1"], probs.float().argmax(1))
+    result = json.loads(cli("compare", scored, "--json").out)
+    kd = by_name(result)["student-resnet8x4-kd"]
+    assert result["notes"] == [] and kd["mcnemar_p"] == pytest.approx(2 * (1 + 8 + 28) / 2 ** 8)
+    assert kd["teacher_agreement"] == pytest.approx(0.9)  # the same figures as from the test's own files
+
+
+def predictions_file(tmp_path: Path, change) -> Path:
+    from distill.engine.checkpoint import predictions_record
+
+    good = predictions_record(CLASSES, LABELS, torch.full((N_TEST, len(CLASSES)), 1 / 3), False)
+    torch.save(change(good), tmp_path / "predictions.pt")
+    return tmp_path / "predictions.pt"
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda d: [d], "is not a distill predictions file"),
+    (lambda d: d | {"format": "distill-checkpoint"}, "is not a distill predictions file"),
+    (lambda d: d | {"version": 2}, "has an unknown version (2): upgrade distill"),
+    (lambda d: d | {"version": "1"}, "has an unknown version ('1'): upgrade distill"),
+    (lambda d: {k: v for k, v in d.items() if k != "top1"}, "lacks the labels, top1 or probs tensor"),
+    (lambda d: d | {"labels": d["labels"].float()}, "has tensors of the wrong type (labels and top1 hold classes, "
+                                                    "probs probabilities)"),
+    (lambda d: d | {"top1": d["top1"][:-1]}, "has mismatched shapes (labels (20,), top1 (19,), probs (20, 3))"),
+    (lambda d: d | {"probs": d["probs"][0]}, "has mismatched shapes (labels (20,), top1 (20,), probs (3,))"),
+], ids=["a list", "a checkpoint", "newer", "version as text", "no top1", "float labels", "short top1", "flat probs"])
+def test_the_one_predictions_reader_says_what_is_wrong(tmp_path, change, problem):
+    from distill.engine.checkpoint import PredictionsError, read_predictions
+
+    with pytest.raises(PredictionsError) as refused:
+        read_predictions(predictions_file(tmp_path, change))
+    assert str(refused.value) == problem
+    assert read_predictions(predictions_file(tmp_path, lambda d: d))["classes"] == CLASSES  # the unchanged file
+
+
+def test_unreadable_predictions_are_refused_by_the_reader_without_a_traceback(tmp_path):
+    from distill.engine.checkpoint import PredictionsError, read_predictions
+
+    (tmp_path / "predictions.pt").write_bytes(b"PK\x03\x04 a torn zip")
+    with pytest.raises(PredictionsError, match=r"^is unreadable$"):
+        read_predictions(tmp_path / "predictions.pt")
