@@ -12,7 +12,7 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     def __init__(self, kind: str, declared: tuple[str, ...] | None = None):
         self.kind = kind  # used in error messages: "unknown student arch 'x'"
-        # The names the command line accepts before torch is imported (distill/names.py): a constructor
+        # The names the command line accepts before torch is imported (distill/front/names.py): a constructor
         # registered under any other name would be unreachable from the CLI, so it is refused here.
         self.declared = declared
         self._entries: dict[str, Callable[..., T]] = {}
@@ -25,7 +25,7 @@ class Registry(Generic[T]):
             if key in self._entries:
                 raise ValueError(f"{self.kind} '{key}' is registered twice")
             if self.declared is not None and key not in self.declared:
-                raise ValueError(f"{self.kind} '{key}' is not declared in distill/names.py: add it there too")
+                raise ValueError(f"{self.kind} '{key}' is not declared in distill/front/names.py: add it there too")
             self._entries[key] = fn
             return fn
 

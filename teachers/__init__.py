@@ -1,6 +1,6 @@
 """Teacher backbones: torchvision ResNets with an optional CIFAR stem and ImageNet weights.
 
-Add a teacher by declaring its name in distill/names.py and registering a constructor
+Add a teacher by declaring its name in distill/front/names.py and registering a constructor
 `fn(num_classes, stem, weights) -> nn.Module` on TEACHERS.
 """
 

@@ -235,14 +235,14 @@ def paired_students(folder_a: Path, folder_b: Path) -> dict:
     import torch
 
     from distill import stats
-    from distill.engine.checkpoint import PREDICTIONS_FILE, read_torch_file
+    from distill.engine.checkpoint import PREDICTIONS_FILE, PredictionsError, read_predictions
 
     empty = {"difference_points": None, "difference_interval": None, "difference_mcnemar_p": None}
     try:
-        a, b = (read_torch_file(folder / PREDICTIONS_FILE) for folder in (folder_a, folder_b))
-    except UserError:
+        a, b = (read_predictions(folder / PREDICTIONS_FILE) for folder in (folder_a, folder_b))
+    except PredictionsError:
         return empty
-    if not (isinstance(a, dict) and isinstance(b, dict) and torch.equal(a["labels"], b["labels"])):
+    if not torch.equal(a["labels"], b["labels"]):
         return empty
     gain, p = stats.paired_comparison(a["top1"] == a["labels"], b["top1"] == b["labels"])
     return {"difference_points": gain.points, "difference_interval": [gain.low, gain.high], "difference_mcnemar_p": p}

@@ -1,8 +1,8 @@
 """The plan of `distill pipeline`: its TOML file read and checked into stages, without torch.
 
-Kept apart from distill/pipeline.py (which trains the stages, and imports torch) so that the command line
+Kept apart from distill/experiments/pipeline.py (which trains the stages, and imports torch) so that the command line
 answers a missing file, bad TOML, an unknown key or a bad value in a fraction of a second, before torch is
-imported; distill.experiments.pipeline re-exports Pipeline, Stage and load_pipeline. The file format: see distill/pipeline.py.
+imported; distill.experiments.pipeline re-exports Pipeline, Stage and load_pipeline. The file format: see distill/experiments/pipeline.py.
 """
 
 from __future__ import annotations

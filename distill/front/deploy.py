@@ -1,7 +1,7 @@
 """`distill predict` and `distill export`: use a trained checkpoint (registered on distill.front.cli.app).
 
-Torch-free, like distill/cli.py: the names, values and paths of both commands (and `distill bench --runtime`)
-are checked here before torch is imported; the work is done in distill/predict.py and distill/export.py.
+Torch-free, like front/cli.py: the names, values and paths of both commands (and `distill bench --runtime`)
+are checked here before torch is imported; the work is done in distill/deploy/.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """`distill compare` and `distill pipeline`: whole experiments (registered on distill.front.cli.app).
 
-Torch-free, like distill/cli.py: a missing folder, a pipeline file that is missing, not TOML or names an
-unknown key or a bad value, is answered here before torch is imported; the work is done in distill/compare.py
-and distill/pipeline.py.
+Torch-free, like front/cli.py: a missing folder, a pipeline file that is missing, not TOML or names an
+unknown key or a bad value, is answered here before torch is imported; the work is done in distill/experiments/.
 """
 
 from __future__ import annotations

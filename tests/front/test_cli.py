@@ -124,7 +124,7 @@ def test_version_without_installed_metadata_is_the_package_attribute(monkeypatch
 
 
 def test_every_declared_name_is_registered_and_nothing_else():
-    """distill/names.py is what the CLI checks before torch; the registries are what builds. One list each."""
+    """distill/front/names.py is what the CLI checks before torch; the registries are what builds. One list each."""
     assert teachers.TEACHERS.list() == sorted(names.TEACHER_ARCHS)
     assert students.STUDENTS.list() == sorted(names.STUDENT_ARCHS)
     assert C.FIELD_CHOICES["method"] == tuple(METHODS)  # the methods register themselves (distill/methods/)
@@ -135,7 +135,7 @@ def test_every_declared_name_is_registered_and_nothing_else():
 def test_a_registry_refuses_an_undeclared_name():
     registry: Registry[int] = Registry("student arch", declared=("resnet8",))
     registry.register("resnet8")(lambda: 8)
-    with pytest.raises(ValueError, match="resnet9000.*distill/names.py"):
+    with pytest.raises(ValueError, match="resnet9000.*distill/front/names.py"):
         registry.register("resnet9000")(lambda: 9000)
 
 

@@ -92,3 +92,13 @@ def test_the_rules_see_the_imports():
     assert "distill.engine.loop" in GRAPH["distill.engine.run"]
     assert "distill.front.config" in GRAPH["distill.front.cli"]
     assert imports_torch("distill.engine.loop") and not imports_torch("distill.front.config")
+
+
+def test_the_readme_layout_names_every_module():
+    """README's Layout is how a newcomer finds a module: it names each one."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("## Layout"):]
+    block = block[:block.index("```", block.index("```") + 3)]
+    missing = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "distill").rglob("*.py")
+                     if p.stem not in ("__init__", "__main__") and p.stem not in block)
+    assert missing == []

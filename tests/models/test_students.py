@@ -52,7 +52,7 @@ ANCHOR_PARAMS = {
     "resnet32x4": (7_410_730, 7_433_860),
 }
 # Forward GFLOPs of a 32x32 image (10 classes), measured on the anchors' code above with the counter
-# distill/modelinfo.py uses (FlopCounterMode, 2 per multiply-add).
+# distill/models/info.py uses (FlopCounterMode, 2 per multiply-add).
 ANCHOR_GFLOPS = {
     "wrn_16_2": 0.202214, "wrn_40_1": 0.166561, "wrn_40_2": 0.655199, "vgg8": 0.192293, "vgg13": 0.569780,
     "mobilenetv2": 0.012817, "shufflenetv1": 0.077210, "shufflenetv2": 0.088825,
