@@ -1,4 +1,4 @@
-"""Datasets for distill: CIFAR-10 batches, image folders or archives, decoded once to cached
+"""Datasets for distill: official CIFAR-10 and CIFAR-100 batches, image folders or archives, decoded once to cached
 uint8 tensors, plus seeded class-balanced splits.
 
 Public API (other modules import only these names from distill.data):

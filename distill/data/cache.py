@@ -19,10 +19,12 @@ from .files import atomic_write
 _TENSORS = ("train_x", "train_y", "test_x", "test_y")
 
 
-def cache_key(root: Path, image_size: int, files: Iterable[tuple[str, int, int]]) -> str:
-    """Hash of the source and every file's (relative path, size, mtime_ns): any edit changes it. Names are
-    hashed as the bytes on disk (os.fsencode): a name that is not UTF-8 keys as itself, never as a lookalike."""
-    h = hashlib.sha256(os.fsencode(f"v{FORMAT_VERSION}\0{root.resolve()}\0{image_size}\n"))
+def cache_key(root: Path, image_size: int, files: Iterable[tuple[str, int, int]], labels: str = "") -> str:
+    """Hash of the source, the labels taken from it (e.g. "cifar100-coarse"; "" as in the keys made before there
+    was a choice) and every file's (relative path, size, mtime_ns): any edit changes it. Names are hashed as the
+    bytes on disk (os.fsencode): a name that is not UTF-8 keys as itself, never as a lookalike."""
+    chosen = f"\0{labels}" if labels else ""
+    h = hashlib.sha256(os.fsencode(f"v{FORMAT_VERSION}\0{root.resolve()}\0{image_size}{chosen}\n"))
     for rel, size, mtime_ns in files:
         h.update(os.fsencode(f"{rel}\0{size}\0{mtime_ns}\n"))
     return h.hexdigest()[:24]

@@ -26,7 +26,7 @@ class Dataset:
     test_y: torch.Tensor
     classes: list[str]
     source: str  # where it came from, e.g. "cifar10-jpeg.tar.gz (image folders)"
-    # The resolved absolute path that was loaded (for the default: the CIFAR-10 folder used), so a
+    # The resolved absolute path that was loaded (for the default: the official set's folder used), so a
     # run can store it and load the same data again from any working directory.
     path: str = ""
 
@@ -64,7 +64,7 @@ def default_cache_dir() -> Path:
 
 
 def default_data_dir(cache_dir: Path | None = None) -> Path:
-    """Where official CIFAR-10 is downloaded: $DISTILL_DATA when set, else <cache folder>/data."""
+    """Where the official sets are downloaded, each in its own folder: $DISTILL_DATA, else <cache folder>/data."""
     env = os.environ.get("DISTILL_DATA", "").strip()
     return Path(env).expanduser() if env else (cache_dir or default_cache_dir()) / "data"
 

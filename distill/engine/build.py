@@ -125,7 +125,7 @@ def build_group(cfgs: list[C.TrainConfig]) -> Group:
         if ck is not None:
             check_resume(ck, cfg, None, out)  # the settings now; the classes once the data is loaded
     ds = load_dataset(lead.data, lead.image_size, Path(lead.cache_dir) if lead.cache_dir else None, lead.download,
-                      quiet=lead.quiet or rank != 0)
+                      quiet=lead.quiet or rank != 0, dataset=lead.dataset, coarse_labels=lead.coarse_labels)
     splits = make_splits(ds, lead.val_size, lead.limit_train, lead.limit_test, lead.seed)
     for ck, cfg, out in zip(saved, cfgs, outs):
         if ck is not None:

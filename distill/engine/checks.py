@@ -23,7 +23,7 @@ def require_classes(trained: list[str], data: list[str], path, advice: str) -> N
 # Settings every run of a group must share: they fix the batches, the augmentation draws and the step count.
 GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "val_size", "limit_train", "limit_test", "seed",
                 "batch_size", "epochs", "augment", "device", "precision", "channels_last", "deterministic",
-                "sync_bn", "compile_mode")
+                "sync_bn", "compile_mode", "dataset", "coarse_labels")
 
 
 def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str] | None, path: Path) -> None:

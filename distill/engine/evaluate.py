@@ -35,7 +35,8 @@ def evaluate_checkpoint(path: Path, data: str | None, limit_test: int | None, tt
 
     ck = ckpt_io.load_checkpoint(path)
     cfg = ck["config"]
-    ds = load_dataset(data or cfg.get("data"), ckpt_io.decode_size(ck), cache_dir, False, quiet=quiet)
+    labels = {k: cfg[k] for k in ("dataset", "coarse_labels") if k in cfg}  # absent (older runs): CIFAR-10's
+    ds = load_dataset(data or cfg.get("data"), ckpt_io.decode_size(ck), cache_dir, False, quiet=quiet, **labels)
     require_classes(ck["classes"], ds.classes, path, "evaluate it on the data it was trained for")
     splits = make_splits(ds, 0, None, limit_test, cfg.get("seed", 0))
     model, pre = model_from_checkpoint(ck, path, device)

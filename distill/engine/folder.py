@@ -22,12 +22,13 @@ RESULT_FILES = ("last.pt", "best.pt", "metrics.json", "predictions.pt", "config.
 
 
 def default_out(cfg: C.TrainConfig) -> Path:
+    runs = Path("runs") / f"{cfg.dataset}{'-coarse' if cfg.coarse_labels else ''}"  # one data set's runs together
     if cfg.role == "teacher":
-        return Path("runs/cifar10") / f"teacher-{cfg.arch}"
+        return runs / f"teacher-{cfg.arch}"
     if cfg.role == "baseline":
-        return Path("runs/cifar10") / f"baseline-{cfg.arch}"
+        return runs / f"baseline-{cfg.arch}"
     mixed = "-mix" if getattr(cfg, "mix", "none") != "none" else ""  # beside the same student without --mix
-    return Path("runs/cifar10") / f"student-{cfg.arch}-{cfg.method}{mixed}"
+    return runs / f"student-{cfg.arch}-{cfg.method}{mixed}"
 
 
 def holds_run(out: Path) -> bool:

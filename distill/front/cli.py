@@ -136,8 +136,8 @@ def evaluate_command(
     from distill.models.table import print_evaluation
 
     if data is None:  # the user did not choose the data: say which it is before decoding it
-        data = trained_on(checkpoint)
-        where = data or "CIFAR-10 downloaded into the cache folder"
+        data, dataset = trained_on(checkpoint)
+        where = data or f"official {dataset} from $DISTILL_DATA or the cache folder"
         print(f"data: {where} (what {checkpoint} was trained on; --data chooses other data)",
               file=sys.stderr if json_out else sys.stdout)
     result = evaluate_checkpoint(checkpoint, data, limit_test, tta, resolve_device(device),
@@ -145,11 +145,13 @@ def evaluate_command(
     print(json.dumps(result)) if json_out else print_evaluation(result)
 
 
-def trained_on(checkpoint: Path) -> str | None:
-    """The --data a checkpoint's run was trained on (None: the CIFAR-10 download)."""
+def trained_on(checkpoint: Path) -> tuple[str | None, str]:
+    """The --data a checkpoint's run was trained on (None: the official download) and its --dataset (runs from
+    before there was a choice: the default)."""
     from distill.engine.checkpoint import load_checkpoint
 
-    return load_checkpoint(checkpoint)["config"].get("data")
+    config = load_checkpoint(checkpoint)["config"]
+    return config.get("data"), config.get("dataset", C.TrainConfig.dataset)
 
 
 @app.command("models")

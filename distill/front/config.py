@@ -17,7 +17,7 @@ from pathlib import Path
 from distill.augment.spec import parse_augment, parse_mix
 from distill.errors import UserError
 from distill.methods import METHODS, all_option_names, method_names, option_type, resolve_options
-from distill.front.names import ARCHS, STEMS
+from distill.front.names import ARCHS, DATASETS, STEMS
 from distill.front.options import AT_LEAST_1, MIN_IMAGE_SIZE, NON_NEGATIVE, POSITIVE, Range, dash, opt
 
 # Everything this module imports is torch-free: the CLI resolves and validates a config before it imports
@@ -29,10 +29,13 @@ class TrainConfig:
     """Everything a training run needs; shared by `distill teach` and `distill student`."""
 
     config: str | None = opt(None, "TOML file giving defaults for these options; options on the command line win.")
-    data: str | None = opt(None, "CIFAR-10 data: cifar-10-python.tar.gz, cifar-10-batches-py/, an image-folder tree (train/<class>/, test/<class>/), or a .tar/.tar.gz of either.")
-    download: bool = opt(False, "Fill an empty or missing --data folder with official CIFAR-10 (downloaded through torchvision). Without --data, official CIFAR-10 is used anyway: from $DISTILL_DATA or the cache folder, downloaded there once.")
+    data: str | None = opt(None, "Data: the --dataset's official python version (cifar-10-python.tar.gz or cifar-100-python.tar.gz, a folder holding it, or the extracted cifar-10-batches-py/ or cifar-100-python/), an image-folder tree (train/<class>/, test/<class>/), or a .tar/.tar.gz of either.")
+    download: bool = opt(False, "Fill an empty or missing --data folder with the official --dataset (downloaded through torchvision). Without --data, the official --dataset is used anyway: from $DISTILL_DATA or the cache folder, downloaded there once.")
+    # Which official set, named on every run: the files of one are never read as the other's, and a resume refuses a change.
+    dataset: str = opt("cifar10", "Official data set: cifar10 (10 classes; the default, and what distill's measured numbers use) or cifar100 (100 classes, the set of RepDistiller's and mdistiller's KD tables). It chooses what is downloaded without --data and which python batches --data may hold; an image-folder tree is taken under either.", DATASETS)
+    coarse_labels: bool = opt(False, "Train on CIFAR-100's 20 superclasses (its coarse_labels, names from its meta file) instead of its 100 classes. Only with --dataset cifar100.")
     cache_dir: str | None = opt(None, "Where decoded tensors and unpacked archives are cached (default $DISTILL_CACHE or ~/.cache/distill).")
-    out: str | None = opt(None, "Run folder (default runs/cifar10/<role>-<arch>[-<method>]).")
+    out: str | None = opt(None, "Run folder (default runs/<dataset>[-coarse]/<role>-<arch>[-<method>]).")
     image_size: int = opt(32, "Side length images are decoded to and trained at.", within=Range(MIN_IMAGE_SIZE))
     resize: int | None = opt(None, "Upsample each batch to this size on the device before the model (pretrained teachers like 64-128).", within=Range(MIN_IMAGE_SIZE))
     val_size: int = opt(5000, "Training images held out (fixed by --seed) to pick the best epoch; 0 trains on every image and keeps the last epoch. The test set never picks anything.", within=NON_NEGATIVE)
@@ -77,6 +80,7 @@ class TrainConfig:
                 check_choice(f.name, value)
         if self.resume and self.force:
             raise UserError("--resume and --force contradict each other: choose one")
+        check_coarse_labels(self.dataset, self.coarse_labels)
         check_augment(self.augment, self.image_size)
 
 
@@ -151,6 +155,13 @@ def check_choice(name: str, value: str) -> None:
         raise UserError(f"unknown --{dash(name)} '{value}': choose one of {', '.join(choices)}")
 
 
+def check_coarse_labels(dataset: str, coarse_labels: bool) -> None:
+    """Only CIFAR-100 has superclasses: refused before anything is loaded."""
+    if coarse_labels and dataset != "cifar100":
+        raise UserError(f"--coarse-labels needs --dataset cifar100 ({dataset} has no superclasses): "
+                        "add --dataset cifar100, or drop --coarse-labels")
+
+
 def check_augment(spec: str, image_size: int) -> None:
     """A bad --augment fails now, not after the data set is decoded."""
     padding = parse_augment(spec).crop_padding
@@ -171,7 +182,7 @@ def check_paths(cfg: TrainConfig) -> None:
 def check_data(data: str | None, download: bool | None) -> None:
     """--data must exist, unless --download will fill it (None: the command has no --download)."""
     if data and not download and not Path(data).expanduser().exists():
-        fetch = "" if download is None else ", or add --download to fetch CIFAR-10 into it"
+        fetch = "" if download is None else ", or add --download to fetch the --dataset into it"
         raise UserError(f"data path {data} does not exist; pass --data with an existing file or folder{fetch}")
 
 

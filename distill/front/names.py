@@ -20,3 +20,6 @@ STUDENT_ARCHS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "res
 STEMS = ("cifar", "imagenet")
 # Either family can be trained by `distill teach` or `distill student`, and any trained model can teach.
 ARCHS = TEACHER_ARCHS + STUDENT_ARCHS
+
+# The official data sets --dataset names, the default first (distill/data/cifar.py knows each one's files).
+DATASETS = ("cifar10", "cifar100")
