@@ -20,6 +20,9 @@ from distill.methods import METHODS, all_option_names, method_names, option_type
 from distill.front.names import ARCHS, DATASETS, STEMS
 from distill.front.options import AT_LEAST_1, MIN_IMAGE_SIZE, NON_NEGATIVE, POSITIVE, Range, dash, opt
 
+# The learning-rate schedules after the warm-up; distill/engine/optim.py implements each.
+SCHEDULES = ("cosine", "step")
+
 # Everything this module imports is torch-free: the CLI resolves and validates a config before it imports
 # torch, so a bad option answers in a fraction of a second (tests/front/test_cli.py holds it to that).
 
@@ -48,7 +51,10 @@ class TrainConfig:
     # Nesterov momentum needs momentum > 0 (torch refuses 0), and at 1 nothing decays.
     momentum: float = opt(0.9, "SGD momentum.", within=Range(0, 1, low_open=True, high_open=True))
     weight_decay: float = opt(5e-4, "L2 weight decay, not applied to BatchNorm or bias parameters.", within=NON_NEGATIVE)
-    warmup_epochs: float = opt(1.0, "Linear learning-rate warm-up length before the cosine decay to zero.", within=NON_NEGATIVE)
+    warmup_epochs: float = opt(1.0, "Linear learning-rate warm-up length before the --schedule's decay.", within=NON_NEGATIVE)
+    schedule: str = opt("cosine", "Learning-rate decay after the warm-up: cosine (per step, to zero at the end of --epochs) or step (multiplied by --lr-decay after each of --milestones: the schedule of RepDistiller's and most KD papers' CIFAR tables, which a comparison with their numbers needs).", SCHEDULES)
+    milestones: str | None = opt(None, "Epochs after which --schedule step multiplies the learning rate by --lr-decay: comma-separated, increasing, each below --epochs (RepDistiller's 240-epoch runs: 150,180,210). Absolute epochs: a run continued to more --epochs keeps them.")
+    lr_decay: float = opt(0.1, "Factor --schedule step multiplies the learning rate by at each milestone (RepDistiller's 0.1).", within=Range(0, 1, low_open=True, high_open=True))
     label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy targets (students: of their CE term). Off by default: a label-smoothed teacher distils worse (Muller et al. 2019), and KD already gives students soft targets.", within=Range(0, 1, high_open=True))
     grad_clip: float = opt(0.0, "Clip the gradient norm to this value (0: off).", within=NON_NEGATIVE)
     ema_horizon: float = opt(0.05, "Weight EMA time constant as a fraction of the run's steps (0: off): per-step decay 1 - 1/(horizon x steps), so it averages the same share of any schedule. EMA and raw weights compete on validation; with --val-size 0 the EMA is kept.", within=Range(0, 1))
@@ -82,6 +88,7 @@ class TrainConfig:
             raise UserError("--resume and --force contradict each other: choose one")
         check_coarse_labels(self.dataset, self.coarse_labels)
         check_augment(self.augment, self.image_size)
+        check_schedule(self.schedule, self.milestones, self.epochs)
 
 
 @dataclass
@@ -168,6 +175,34 @@ def check_augment(spec: str, image_size: int) -> None:
     if padding >= image_size:  # reflect padding takes its pixels from inside the image
         raise UserError(f"--augment crop_padding={padding} must be in [0, {image_size}) at --image-size "
                         f"{image_size}: reflect padding needs fewer pixels than the image has")
+
+
+def parse_milestones(text: str) -> tuple[int, ...]:
+    """--milestones '150,180,210' -> (150, 180, 210); anything but comma-separated epoch numbers is refused."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise UserError(f"--milestones '{text}' is not a comma-separated list of epochs: write e.g. "
+                        f"--milestones 150,180,210")
+    return tuple(int(part) for part in parts)
+
+
+def check_schedule(schedule: str, milestones: str | None, epochs: int) -> None:
+    """--milestones belong to --schedule step, which needs them: increasing epochs inside the run (a milestone at
+    0 is a lower --lr, one at or past --epochs never takes effect)."""
+    if schedule != "step":
+        if milestones is not None:
+            raise UserError(f"--milestones {milestones} applies to --schedule step only, not {schedule}: "
+                            f"add --schedule step or drop --milestones")
+        return
+    if milestones is None:
+        raise UserError("--schedule step needs --milestones, the epochs after which the learning rate decays: "
+                        "e.g. --milestones 150,180,210")
+    values = parse_milestones(milestones)
+    if any(later <= earlier for earlier, later in zip(values, values[1:])):
+        raise UserError(f"--milestones {milestones} must increase: write each epoch once, in order")
+    if values[0] < 1 or values[-1] >= epochs:
+        raise UserError(f"--milestones {milestones} must lie in [1, {epochs - 1}] for --epochs {epochs}: a milestone "
+                        f"at or past the last epoch never takes effect; lower it or raise --epochs")
 
 
 def check_paths(cfg: TrainConfig) -> None:

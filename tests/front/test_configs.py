@@ -66,3 +66,71 @@ def test_the_function_matching_config_is_the_headlines_resnet20_kd_student_with_
     assert [s.name for s in pipe.stages] == ["teacher-resnet50", "student-resnet20-kd-mix"]
     assert pipe.stages[0].config(pipe.out) == load_pipeline(CONFIGS / "pipeline" / "cifar10.toml", {"data": "d"},
                                                             str(tmp_path / "cifar10")).stages[0].config(pipe.out)
+
+
+# RepDistiller's CIFAR-100 pairs, teacher -> student (their README's tables; our arch names), each shipped as
+# configs/pipeline/cifar100_<teacher>_<student>.toml with their schedule and _short.toml with a GPU-sized one.
+REFERENCE_PAIRS = {"resnet32x4": "resnet8x4", "wrn_40_2": "wrn_16_2", "resnet56": "resnet20", "vgg13": "vgg8",
+                   "resnet50": "mobilenetv2"}
+# Their train_student.py and train_teacher.py: lr 0.05, but 0.01 for these students.
+SLOW_STUDENTS = ("mobilenetv2",)
+# What the short schedule may change; everything else is the reference file's.
+SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "schedule", "milestones", "lr_decay", "warmup_epochs")
+
+
+def reference_configs(name: str, tmp_path) -> list[C.TrainConfig]:
+    pipe = load_pipeline(CONFIGS / "pipeline" / name, {"data": "d"}, str(tmp_path / "out"))
+    return [stage.config(pipe.out) for stage in pipe.stages]
+
+
+def runs(cfgs: list[C.TrainConfig]) -> list[tuple[str, str]]:
+    return [(cfg.arch, getattr(cfg, "effective_method", "teacher")) for cfg in cfgs]
+
+
+def student_lr(student: str, per_64: float, batch_size: int) -> float:
+    """Their rate for a batch of 64, scaled linearly to the batch."""
+    return (0.01 if student in SLOW_STUDENTS else per_64) * batch_size / 64
+
+
+@pytest.mark.parametrize("teacher, student", REFERENCE_PAIRS.items())
+def test_each_reference_pair_has_repdistillers_schedule_and_its_kd_and_crd_students(teacher, student, tmp_path):
+    from distill.experiments.pipeline import plan_groups
+    from distill.methods import resolve_options
+
+    name = f"cifar100_{teacher}_{student}.toml"
+    cfgs = reference_configs(name, tmp_path)
+    assert runs(cfgs) == [(teacher, "teacher"), (student, "kd"), (student, "crd"), (student, "none")]
+    for cfg in cfgs:  # train_student.py's and train_teacher.py's defaults, on CIFAR-100
+        assert (cfg.dataset, cfg.epochs, cfg.batch_size, cfg.momentum, cfg.weight_decay) == ("cifar100", 240, 64, 0.9, 5e-4)
+        assert (cfg.schedule, cfg.milestones, cfg.lr_decay, cfg.warmup_epochs) == ("step", "150,180,210", 0.1, 0)
+        assert (cfg.augment, cfg.val_size, cfg.ema_horizon, cfg.tta, cfg.label_smoothing) == ("default", 0, 0, False, 0)
+    assert [cfg.lr for cfg in cfgs] == [0.05] + [student_lr(student, 0.05, 64)] * 3  # the baseline's too
+    teacher_cfg, kd, crd, _ = cfgs
+    if teacher == "resnet50":  # their ResNet50: the CIFAR stem, from scratch
+        assert (teacher_cfg.stem, teacher_cfg.weights) == ("cifar", "none")
+    # scripts/run_cifar_distill.sh: KD with -r 0.1 -a 0.9 (T 4), CRD with -a 0 -b 0.8 (feat_dim 128, nce_k 16384,
+    # nce_t 0.07, nce_m 0.5)
+    assert vars(resolve_options("kd", kd.method_options())) == {"temperature": 4.0, "kd_weight": 0.9}
+    assert vars(resolve_options("crd", crd.method_options())) == {
+        "crd_weight": 0.8, "crd_dim": 128, "crd_negatives": 16384, "nce_temperature": 0.07, "bank_momentum": 0.5}
+    pipe = load_pipeline(CONFIGS / "pipeline" / name, {"data": "d"}, str(tmp_path / "out"))
+    assert [len(group) for group in plan_groups(pipe)] == [1, 3]  # the students and the baseline train together
+
+
+@pytest.mark.parametrize("teacher, student", REFERENCE_PAIRS.items())
+def test_each_short_schedule_is_its_reference_pair_with_only_the_schedule_changed(teacher, student, tmp_path):
+    stem = f"cifar100_{teacher}_{student}"
+    long, short = (C.read_toml(CONFIGS / "pipeline" / f"{name}.toml") for name in (stem, f"{stem}_short"))
+    assert {k: v for k, v in short.items() if k not in ("common", "students")} == \
+           {k: v for k, v in long.items() if k not in ("common", "students")}  # the same teacher table and flags
+
+    def without_schedule(table: dict) -> dict:
+        return {k: v for k, v in table.items() if k not in SCHEDULE_KEYS}
+
+    assert without_schedule(short["common"]) == without_schedule(long["common"])
+    assert [without_schedule(s) for s in short["students"]] == [without_schedule(s) for s in long["students"]]
+    cfgs = reference_configs(f"{stem}_short.toml", tmp_path)
+    assert runs(cfgs) == [(teacher, "teacher"), (student, "kd"), (student, "crd"), (student, "none")]
+    for cfg in cfgs:  # 30 epochs of cosine after a 1-epoch warm-up, at batch 512
+        assert (cfg.epochs, cfg.batch_size, cfg.schedule, cfg.milestones, cfg.warmup_epochs) == (30, 512, "cosine", None, 1)
+    assert [cfg.lr for cfg in cfgs] == [0.4] + [student_lr(student, 0.05, 512)] * 3  # linear scaling of theirs
