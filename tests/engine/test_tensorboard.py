@@ -73,3 +73,14 @@ def test_confusion_png_is_a_small_image_drawn_without_pyplot(classes):
     with Image.open(io.BytesIO(png)) as image:
         assert image.width <= 2 * CARD_WIDTH and image.format == "PNG"
     assert matplotlib.get_backend() == before
+
+
+def test_a_hundred_classes_are_indexed_not_named_so_the_axes_stay_legible():
+    """CIFAR-100: 100 names on a 500 px axis would overlap; the ticks are class indices, every 10th."""
+    from distill.engine.confusion import confusion_figure
+
+    labels = torch.arange(100).repeat(2)
+    names = [f"class_{i}" for i in range(100)]
+    ax = confusion_figure(confusion_counts(labels, labels, 100), names, "run: 100.00% test").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in range(0, 100, 10)]
+    assert len(ax.get_yticklabels()) == 10 and ax.texts == []  # no per-cell numbers either
