@@ -38,8 +38,9 @@ def confusion_figure(counts: torch.Tensor, classes: list[str], title: str):
         ax.set_xticks(range(n), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=LABELS)
         ax.set_yticks(range(n), classes, fontsize=LABELS)
     else:  # class indices (the order of metrics.json's per-class accuracies), every 10th
-        ax.set_xticks(range(0, n, 10), fontsize=LABELS)
-        ax.set_yticks(range(0, n, 10), fontsize=LABELS)
+        indices = range(0, n, 10)
+        ax.set_xticks(indices, [str(i) for i in indices], fontsize=LABELS)
+        ax.set_yticks(indices, [str(i) for i in indices], fontsize=LABELS)
     ax.set_xlabel("predicted", fontsize=LABELS)
     ax.set_ylabel("true class (cells: % of the row)", fontsize=LABELS)
     ax.set_title(title, fontsize=LABELS + 1)
