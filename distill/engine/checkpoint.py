@@ -98,6 +98,35 @@ def first_line(exc: BaseException) -> str:
     return lines[0][:120] if lines else type(exc).__name__
 
 
+# The checkpoint schema, written (the two functions below) and read (load_checkpoint, load_resumable) here.
+# best.pt holds MODEL_KEYS: the weights and what explains them; last.pt adds TRAINING_KEYS, everything needed to
+# continue. Of those, a reader needs REQUIRED_KEYS (evaluate, predict, export) or RESUME_KEYS (--resume; runs
+# before 2026-12-04 lack the newer keys, which readers take as absent).
+MODEL_KEYS = ("role", "spec", "model", "ema", "eval_weights", "config", "classes", "normalization", "epoch",
+              "best_val", "teacher", "changes")
+TRAINING_KEYS = ("method_state", "optimizer", "scheduler", "step_in_epoch", "rng", "ema_updates", "wall_seconds",
+                 "train_images", "train_seconds", "first_epoch_images", "first_epoch_seconds")
+REQUIRED_KEYS = ("spec", "model", "classes", "normalization", "config")
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "epoch", "step_in_epoch", "best_val", "eval_weights",
+               "wall_seconds", "train_images", "train_seconds")
+
+
+def model_checkpoint(**fields) -> dict:
+    """best.pt: exactly MODEL_KEYS, with the format's name and version."""
+    return {"format": FORMAT, "version": VERSION, **exactly(MODEL_KEYS, fields)}
+
+
+def training_checkpoint(model: dict, **fields) -> dict:
+    """last.pt: a model_checkpoint and exactly TRAINING_KEYS."""
+    return {**model, **exactly(TRAINING_KEYS, fields)}
+
+
+def exactly(keys: tuple[str, ...], fields: dict) -> dict:
+    if set(fields) != set(keys):  # a programming error: a writer and the schema disagree
+        raise ValueError(f"checkpoint fields {sorted(set(fields) ^ set(keys))} do not match the schema")
+    return fields
+
+
 def load_checkpoint(path: Path) -> dict:
     """Read a distill checkpoint, refusing foreign files (e.g. a plain torchvision state_dict)."""
     ckpt = read_torch_file(path)
@@ -106,16 +135,11 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"{path} is not a distill checkpoint{hint}: pass last.pt or best.pt from a distill run")
     if ckpt.get("version", 0) > VERSION:
         raise UserError(f"{path} was written by a newer distill (format {ckpt['version']}): upgrade distill")
-    missing = [k for k in ("spec", "model", "classes", "normalization", "config") if k not in ckpt]
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise UserError(f"{path} is an incomplete distill checkpoint (missing {', '.join(missing)}): use another file")
     check_metadata(ckpt, path)
     return ckpt
-
-
-# What last.pt holds beyond the weights: a checkpoint without them (best.pt) can be evaluated, not resumed.
-RESUME_KEYS = ("optimizer", "scheduler", "rng", "epoch", "step_in_epoch", "best_val", "eval_weights",
-               "wall_seconds", "train_images", "train_seconds")
 
 
 def load_resumable(path: Path) -> dict:

@@ -93,25 +93,25 @@ def set_rng_state(state: dict) -> None:
 
 
 def base_checkpoint(run: Run, weights: dict, ema: dict | None, eval_weights: str) -> dict:
-    cfg = C.to_dict(run.cfg)
-    return {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "role": run.cfg.role, "spec": run.spec,
-            "model": weights, "ema": ema, "eval_weights": eval_weights, "config": cfg,
-            "classes": run.classes, "normalization": run.normalization, "epoch": run.epoch,
-            "best_val": run.best_val, "teacher": run.teacher_info, "changes": run.changes}
+    return ckpt_io.model_checkpoint(
+        role=run.cfg.role, spec=run.spec, model=weights, ema=ema, eval_weights=eval_weights, config=C.to_dict(run.cfg),
+        classes=run.classes, normalization=run.normalization, epoch=run.epoch, best_val=run.best_val,
+        teacher=run.teacher_info, changes=run.changes)
 
 
 def save_last(run: Run) -> None:
     """Everything needed to continue: weights, EMA, optimizer, schedule, position, RNG, timers."""
     learner = run.learner
     ema = learner.ema.module.state_dict() if learner.ema else None
-    ck = base_checkpoint(run, unwrap(learner.model).state_dict(), ema, run.eval_weights)
-    modules = learner.method.modules  # a method's own trainable modules (connectors) continue too
-    ck.update(method_state=None if modules is None else modules.state_dict(),
-              optimizer=learner.optimizer.state_dict(), scheduler=learner.scheduler.state_dict(),
-              step_in_epoch=run.step_in_epoch, rng=rng_state(), ema_updates=learner.ema.updates if learner.ema else 0,
-              wall_seconds=run.wall_seconds + time.perf_counter() - run.started,
-              train_images=run.train_images, train_seconds=run.train_seconds,
-              first_epoch_images=run.first_epoch_images, first_epoch_seconds=run.first_epoch_seconds)
+    modules = learner.method.modules  # a method's own modules (connectors, memory banks) continue too
+    ck = ckpt_io.training_checkpoint(
+        base_checkpoint(run, unwrap(learner.model).state_dict(), ema, run.eval_weights),
+        method_state=None if modules is None else modules.state_dict(),
+        optimizer=learner.optimizer.state_dict(), scheduler=learner.scheduler.state_dict(),
+        step_in_epoch=run.step_in_epoch, rng=rng_state(), ema_updates=learner.ema.updates if learner.ema else 0,
+        wall_seconds=run.wall_seconds + time.perf_counter() - run.started,
+        train_images=run.train_images, train_seconds=run.train_seconds,
+        first_epoch_images=run.first_epoch_images, first_epoch_seconds=run.first_epoch_seconds)
     ckpt_io.save_atomic(ck, run.out / "last.pt")
 
 

@@ -250,3 +250,17 @@ def test_os_replace_failing_keeps_the_previous_file(tmp_path, monkeypatch):
         checkpoint.save_atomic({"v": 2}, target)
     assert torch.load(target, weights_only=True) == {"v": 1} and temp_files(tmp_path) == []
 
+
+
+def test_a_checkpoint_writer_that_strays_from_the_schema_is_caught_at_once():
+    """The schema is written in one place (engine/checkpoint.py): a field too many or too few is a bug there."""
+    from distill.engine import checkpoint
+
+    fields = {key: None for key in checkpoint.MODEL_KEYS}
+    assert set(checkpoint.model_checkpoint(**fields)) == {"format", "version", *checkpoint.MODEL_KEYS}
+    with pytest.raises(ValueError, match="do not match the schema"):
+        checkpoint.model_checkpoint(**fields, extra=1)
+    with pytest.raises(ValueError, match="do not match the schema"):
+        checkpoint.training_checkpoint(fields, optimizer={})
+    assert set(checkpoint.REQUIRED_KEYS) <= set(checkpoint.MODEL_KEYS)
+    assert set(checkpoint.RESUME_KEYS) <= set(checkpoint.MODEL_KEYS) | set(checkpoint.TRAINING_KEYS)
