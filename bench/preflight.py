@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from distill.synthetic import CLASSES, write_image_tree  # torch-free: the preflight itself stays light
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's distill, installed or not
+from distill.synthetic import CLASSES, write_image_tree  # noqa: E402  (torch-free: the preflight stays light)
 
 REPO = Path(__file__).resolve().parents[1]
 FM_CONFIG = REPO / "configs" / "pipeline" / "cifar10_fm.toml"

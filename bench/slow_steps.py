@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
-import distill.engine.run as run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's distill, installed or not
+import distill.engine.run as run  # noqa: E402
 
 
 def slowed(seconds: float):
