@@ -22,8 +22,8 @@ def require_classes(teacher_classes: list[str], data_classes: list[str], path: s
 
 
 # Settings every run of a group must share: they fix the batches, the augmentation draws and the step count.
-GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "val_size", "limit_train", "limit_test", "seed",
-                "batch_size", "epochs", "augment", "device", "precision", "channels_last", "deterministic",
+GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "classes", "val_size", "limit_train", "limit_test",
+                "seed", "batch_size", "epochs", "augment", "device", "precision", "channels_last", "deterministic",
                 "sync_bn", "compile_mode")
 
 

@@ -30,12 +30,14 @@ def model_from_checkpoint(ck: dict, path, device: torch.device, channels_last: b
 
 def evaluate_checkpoint(path: Path, data: str | None, limit_test: int | None, tta: bool, device: torch.device,
                         cache_dir: Path | None = None, batch_size: int = 1024, quiet: bool = False) -> dict:
-    from distill.data import load_dataset, make_splits
+    from distill.data import load_dataset, make_splits, select_classes
     from distill.engine.evaluate import evaluate
 
     ck = ckpt_io.load_checkpoint(path)
     cfg = ck["config"]
     ds = load_dataset(data or cfg.get("data"), ckpt_io.decode_size(ck), cache_dir, False, quiet=quiet)
+    if cfg.get("classes") is not None:  # trained on some of the data's classes (--classes): tested on those
+        ds = select_classes(ds, ck["classes"])
     if ds.classes != ck["classes"]:
         raise UserError(f"{path} was trained on classes {ck['classes']} but the data has {ds.classes}: "
                         f"evaluate it on the data it was trained for")

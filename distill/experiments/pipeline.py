@@ -149,7 +149,7 @@ def preflight(pipe: Pipeline) -> None:
     cfgs = pending_configs(pipe)
     sizes: dict[tuple, int] = {}
     for name, cfg in cfgs:
-        key = (cfg.data, cfg.image_size, cfg.cache_dir, cfg.val_size, cfg.limit_train, cfg.seed)
+        key = (cfg.data, cfg.image_size, cfg.cache_dir, cfg.classes, cfg.val_size, cfg.limit_train, cfg.seed)
         if key not in sizes:
             sizes[key] = training_images(cfg)
         if cfg.batch_size > sizes[key]:
@@ -163,7 +163,8 @@ def training_images(cfg: C.TrainConfig) -> int:
 
     ds = load_dataset(cfg.data, cfg.image_size, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.download,
                       quiet=cfg.quiet)
-    return len(make_splits(ds, cfg.val_size, cfg.limit_train, cfg.limit_test, cfg.seed).train_x)
+    return len(make_splits(ds, cfg.val_size, cfg.limit_train, cfg.limit_test, cfg.seed,
+                           C.parse_classes(cfg.classes)).train_x)
 
 
 def run_pipeline(pipe: Pipeline) -> dict:
