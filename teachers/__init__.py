@@ -124,7 +124,10 @@ def pretrained_state_dict(arch: str, stem: str, weights: str) -> tuple[dict, boo
 
     ck = load_checkpoint(path)  # its metadata checked as any checkpoint's
     have = (ck["spec"]["arch"], ck["spec"].get("stem"))
-    if ck["spec"]["family"] != "teacher" or have != (arch, stem):
+    if ck["spec"]["family"] != "teacher":
+        raise UserError(f"--weights {path} holds the student {have[0]}: pass the checkpoint of a teacher arch "
+                        f"({', '.join(TEACHER_ARCHS)})")
+    if have != (arch, stem):
         raise UserError(f"--weights {path} holds a {have[0]} with the {have[1]} stem, not the {arch} with the {stem} "
                         f"stem this run builds: pass --arch {have[0]} --stem {have[1]}, or other --weights")
     return eval_state_dict(ck), False

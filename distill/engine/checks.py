@@ -17,7 +17,7 @@ def require_classes(teacher_classes: list[str], data_classes: list[str], path: s
     if teacher_classes != data_classes:
         raise UserError(
             f"teacher {path} was trained on classes {teacher_classes[:4]}... but the data has "
-            f"{data_classes[:4]}...: use a teacher trained on the same data"
+            f"{data_classes[:4]}...: use a teacher trained on the same data (and --classes)"
         )
 
 

@@ -105,18 +105,18 @@ def position(stage: Stage, out: Path) -> tuple[int, int]:
 
 
 def plan_groups(pipe: Pipeline) -> list[list[Stage]]:
-    """The teacher alone, then students and baselines that share their batches (GROUP_SHARED) and stand at
-    the same step together; finished stages alone (they are skipped)."""
-    teacher, rest = pipe.stages[0], pipe.stages[1:]
+    """Each teacher alone (the stages after it read its best.pt; a transfer experiment has several), then students
+    and baselines that share their batches (GROUP_SHARED) and stand at the same step together; finished stages
+    alone (they are skipped)."""
     groups: dict[tuple, list[Stage]] = {}
-    for i, stage in enumerate(rest):
-        if not pipe.train_together or stage_status(pipe.out / stage.name) == "skipped":
+    for i, stage in enumerate(pipe.stages):
+        if stage.cls is C.TeachConfig or not pipe.train_together or stage_status(pipe.out / stage.name) == "skipped":
             groups[("alone", i)] = [stage]
             continue
         cfg = C.to_dict(stage.config(pipe.out))
         key = tuple(repr(cfg[k]) for k in GROUP_SHARED) + position(stage, pipe.out)
         groups.setdefault(key, []).append(stage)
-    return [[teacher], *groups.values()]
+    return list(groups.values())
 
 
 def write_report(pipe: Pipeline, records: list[dict], started: float, finished: bool) -> float:

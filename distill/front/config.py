@@ -125,7 +125,7 @@ def check_finetune(cfg: TeachConfig) -> None:
 
 
 def finetune_text(settings: dict) -> str:
-    """How a teacher was fine-tuned, in a few words: 'from best.pt, lp-ft after 3 epochs, layer decay 0.7'."""
+    """How a teacher was fine-tuned, in a few words: 'from best.pt, lp-ft after 3 frozen epochs, backbone lr x0.1'."""
     parts = [f"from {Path(settings['weights']).name}"]
     if settings["freeze_epochs"] or settings["unfreeze"] != "all":
         frozen = settings["freeze_epochs"]
@@ -230,9 +230,11 @@ def parse_classes(spec: str | None) -> list[int | str] | None:
             items.append(part)
         else:
             raise UserError(f"--classes '{spec}' has an empty item: separate positions or names by single commas")
-    twice = next((x for i, x in enumerate(items) if x in items[:i]), None)
-    if twice is not None:
-        raise UserError(f"--classes '{spec}' names class {twice} twice: name each once")
+    seen: set[int | str] = set()
+    for item in items:
+        if item in seen:
+            raise UserError(f"--classes '{spec}' names class {item} twice: name each once")
+        seen.add(item)
     if len(items) < 2:
         raise UserError(f"--classes '{spec}' selects one class: a classifier needs at least 2")
     return items
