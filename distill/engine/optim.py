@@ -91,7 +91,8 @@ class Freezing:
         stages = {i for i, thaw in enumerate(self.thaw) if epoch < thaw}
         self.frozen = [p for name, p in model.named_parameters() if self.stage_of(name) in stages]
         for name, module in model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and (self.freeze_bn or self.stage_of(name) in stages):
+            is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if is_norm and (self.freeze_bn or self.stage_of(name) in stages):
                 module.eval()
 
     def drop_gradients(self) -> None:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from distill.errors import UserError
-from distill.experiments.plan import (MANAGED, Pipeline, Stage, baseline_tables, check_table, check_unique,
+from distill.experiments.plan import (MANAGED, Pipeline, Stage, baseline_tables, check_table, check_top, check_unique,
                                       common_values, make_stage, student_tables)
 from distill.front import config as C
 
@@ -75,20 +75,11 @@ def student_stages(raw: dict, base: dict, overrides: dict, teachers: dict[str, S
     return stages
 
 
-def check_top(raw: dict, source: str) -> None:
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise UserError(f"{source}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(TOP_KEYS)}")
-    for key in ("baselines", "train_together"):
-        if not isinstance(raw.get(key, True), bool):
-            raise UserError(f"{source}: '{key}' must be true or false, got {raw[key]!r}")
-
-
 def load_transfer(path: Path, overrides: dict, out: str | None = None, sets: dict | None = None) -> Pipeline:
     """Read and validate the whole plan; `overrides` (data, device, quiet) and `sets` (--set) beat the file."""
     source = str(path)
     raw = C.read_toml(path)
-    check_top(raw, source)
+    check_top(raw, source, TOP_KEYS, teacher_needed=False)
     common = common_values(raw.get("common", {}), f"{source} [common]")
     overrides = common_values(sets or {}, "--set") | overrides
     out_dir = Path(out) if out else Path("runs") / path.stem

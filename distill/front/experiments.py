@@ -1,4 +1,5 @@
-"""`distill compare`, `distill pipeline` and `distill transfer`: whole experiments (registered on distill.front.cli.app).
+"""`distill compare`, `distill pipeline` and `distill transfer`: whole experiments (registered on
+distill.front.cli.app).
 
 Torch-free, like distill/cli.py: a missing folder, a pipeline file that is missing, not TOML or names an
 unknown key or a bad value, is answered here before torch is imported; the work is done in distill/compare.py

@@ -218,7 +218,7 @@ def test_the_shipped_transfer_configs_pretrain_on_half_the_classes_and_learn_the
         "teacher-resnet18-scratch": ("none", False, "all"), "teacher-resnet18-finetune": (best, False, "all"),
         "teacher-resnet18-lp-ft": (best, True, "lp-ft")}
     student = next(c for c in rest if c.role == "student")
-    assert student.teacher == str(pipe.out / "teacher-resnet18-lp-ft" / "best.pt")
+    assert student.teacher == str(pipe.out / "teacher-resnet18-finetune" / "best.pt")
     groups = [[s.name for s in group] for group in plan_groups(pipe)]
     assert groups[-1] == [student.out.rpartition("/")[2], f"baseline-{student.arch}"]  # trained together
     assert all(len(group) == 1 for group in groups[:-1])
