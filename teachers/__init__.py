@@ -1,4 +1,5 @@
-"""Teacher backbones: torchvision ResNets with an optional CIFAR stem and ImageNet weights.
+"""Teacher backbones: torchvision ResNets with an optional CIFAR stem, started from ImageNet weights or a distill
+checkpoint's, and their stages (what fine-tuning schedules freeze and scale).
 
 Add a teacher by declaring its name in distill/front/names.py and registering a constructor
 `fn(num_classes, stem, weights) -> nn.Module` on TEACHERS.
@@ -35,10 +36,22 @@ def build_torchvision(arch: str, num_classes: int = 10, stem: str = "cifar", wei
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, zero_init_residual=True)
     if stem == "cifar":
         use_cifar_stem(model)
-    state = pretrained_state_dict(arch, weights)
-    if state is not None:
-        load_backbone(model, state, arch, cifar_stem=stem == "cifar")
+    if weights != "none":
+        state, imagenet = pretrained_state_dict(arch, stem, weights)
+        load_backbone(model, state, arch, cifar_stem=stem == "cifar" and imagenet)
     return model
+
+
+# A torchvision ResNet from the bottom, stage by stage (each named by its top-level modules), the head last: what
+# fine-tuning schedules freeze and unfreeze, and what layer-wise learning-rate decay scales.
+STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",), ("fc",))
+HEAD_STAGE = len(STAGES) - 1
+
+
+def stage_of(name: str) -> int:
+    """The stage of a parameter or module by its name: 'layer3.1.conv2.weight' -> 3, 'fc.bias' -> 5 (the head)."""
+    top = name.split(".")[0]
+    return next(i for i, members in enumerate(STAGES) if top in members)
 
 
 def cifar_conv1_from_imagenet(weight: torch.Tensor) -> torch.Tensor:
@@ -62,7 +75,7 @@ def cifar_conv1_from_imagenet(weight: torch.Tensor) -> torch.Tensor:
 
 
 def load_backbone(model: nn.Module, state: dict, arch: str, cifar_stem: bool) -> None:
-    """Load every pretrained tensor except the new head; the CIFAR stem's conv1 is derived from the 7x7 one.
+    """Load every pretrained tensor except the new head; with `cifar_stem`, conv1 is derived from the 7x7 one.
 
     bn1 keeps its pretrained affine parameters and running statistics: the derived conv1 reproduces the
     responses that shaped them (see cifar_conv1_from_imagenet).
@@ -92,18 +105,39 @@ def weight_choices(arch: str) -> dict[str, object]:
     return choices
 
 
-def pretrained_state_dict(arch: str, weights: str) -> dict | None:
-    if weights == "none":
-        return None
+def pretrained_state_dict(arch: str, stem: str, weights: str) -> tuple[dict, bool]:
+    """The pretrained tensors, and whether they are in torchvision's ImageNet layout (a 7x7 conv1 that the CIFAR
+    stem derives its kernel from) rather than a distill checkpoint of this very model."""
     choices = weight_choices(arch)
     if weights.lower() in choices:
-        return load_state_file(cached_torchvision_weights(choices[weights.lower()]))
+        cached = cached_torchvision_weights(choices[weights.lower()])
+        return state_dict_of(read_file(cached), cached), True
     path = Path(weights).expanduser()
     if not path.is_file():
         raise UserError(
             f"--weights '{weights}' is neither a file nor one of: none, {', '.join(choices)}"
         )
-    return load_state_file(path)
+    content = read_file(path)
+    if not is_distill_checkpoint(content):
+        return state_dict_of(content, path), True
+    from distill.engine.checkpoint import eval_state_dict, load_checkpoint
+
+    ck = load_checkpoint(path)  # its metadata checked as any checkpoint's
+    have = (ck["spec"]["arch"], ck["spec"].get("stem"))
+    if ck["spec"]["family"] != "teacher":
+        raise UserError(f"--weights {path} holds the student {have[0]}: pass the checkpoint of a teacher arch "
+                        f"({', '.join(TEACHER_ARCHS)})")
+    if have != (arch, stem):
+        raise UserError(f"--weights {path} holds a {have[0]} with the {have[1]} stem, not the {arch} with the {stem} "
+                        f"stem this run builds: pass --arch {have[0]} --stem {have[1]}, or other --weights")
+    return eval_state_dict(ck), False
+
+
+def imagenet_layout(weights: str) -> bool:
+    """Whether --weights (not none) names torchvision's ImageNet weights or a file in their layout, not a distill
+    checkpoint: the CIFAR stem is then derived from them, and trains at the full rate."""
+    path = Path(weights).expanduser()
+    return not path.is_file() or not is_distill_checkpoint(read_file(path))  # a name: torchvision's
 
 
 def cached_torchvision_weights(entry) -> Path:
@@ -123,15 +157,26 @@ def cached_torchvision_weights(entry) -> Path:
     return target
 
 
-def load_state_file(path: Path) -> dict:
+def read_file(path: Path) -> object:
     from distill.engine.checkpoint import read_torch_file  # one place decides how hostile files are refused
 
-    state = read_torch_file(path)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} is not a state_dict (a dict of tensors in torchvision's key format)")
-    return state
+    return read_torch_file(path)
+
+
+def is_distill_checkpoint(content: object) -> bool:
+    from distill.engine.checkpoint import FORMAT
+
+    return isinstance(content, dict) and content.get("format") == FORMAT
+
+
+def state_dict_of(content: object, path: Path) -> dict:
+    """A torchvision-format state_dict (also under a 'state_dict' key), or a one-line refusal."""
+    if isinstance(content, dict) and "state_dict" in content and isinstance(content["state_dict"], dict):
+        content = content["state_dict"]
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise UserError(f"{path} is neither a state_dict (a dict of tensors in torchvision's key format) nor a "
+                        f"distill checkpoint")
+    return content
 
 
 for _arch in TEACHER_ARCHS:  # declared in distill/front/names.py, where the CLI reads them without torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import torch
@@ -63,9 +64,39 @@ def balanced_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tupl
     return _subset(x, y, n, _generator(seed, "subset"))
 
 
+def class_position(classes: list[str], item: int | str) -> int:
+    """Where a --classes item (a position, or a name) is in the data's class list."""
+    if isinstance(item, str) and item in classes:
+        return classes.index(item)
+    if isinstance(item, int) and item < len(classes):
+        return item
+    shown = ", ".join(f"{i} {name}" for i, name in enumerate(classes[:12])) + (", ..." if len(classes) > 12 else "")
+    what = f"position {item} is past the last" if isinstance(item, int) else f"'{item}' is not one"
+    raise UserError(f"--classes: {what} of the data's {len(classes)} classes ({shown}): choose among them")
+
+
+def select_classes(ds: Dataset, wanted: list[int | str] | None) -> Dataset:
+    """The images of the chosen classes (positions in ds.classes, or names), relabelled 0..k-1 in the data's class
+    order; the same Dataset when every class is wanted. The decoded cache holds every class: a subset costs one
+    selection, not a decode."""
+    if wanted is None:
+        return ds
+    chosen = sorted({class_position(ds.classes, item) for item in wanted})
+    if len(chosen) < len(wanted):
+        raise UserError("--classes names one class twice (by its position and its name): name each once")
+    relabel = torch.full((len(ds.classes),), -1, dtype=torch.int64)
+    relabel[chosen] = torch.arange(len(chosen))
+    keep_train, keep_test = relabel[ds.train_y] >= 0, relabel[ds.test_y] >= 0
+    return dataclasses.replace(ds, train_x=ds.train_x[keep_train], train_y=relabel[ds.train_y[keep_train]],
+                               test_x=ds.test_x[keep_test], test_y=relabel[ds.test_y[keep_test]],
+                               classes=[ds.classes[i] for i in chosen])
+
+
 def make_splits(ds: Dataset, val_size: int, limit_train: int | None, limit_test: int | None,
-                seed: int) -> Splits:
-    """Hold out a class-balanced validation set, then optionally subsample train and test."""
+                seed: int, classes: list[int | str] | None = None) -> Splits:
+    """Keep the chosen classes (all by default), hold out a class-balanced validation set, then optionally
+    subsample train and test."""
+    ds = select_classes(ds, classes)
     n = len(ds.train_y)
     if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 <= val_size < n:
         raise UserError(f"validation size {val_size!r} must be from 0 to {n - 1} "

@@ -24,10 +24,11 @@ from distill.engine.checks import (check_batch, check_group, check_positions, ch
                                    require_classes)
 from distill.engine.device import amp_dtype, compile_models, configure_backends, resolve_device
 from distill.engine.evaluate import model_from_checkpoint
-from distill.engine.optim import make_optimizer
+from distill.engine.optim import make_freezing, make_optimizer
 from distill.methods import Method, Outputs, TrainingSet
 from distill.methods import create as create_method
-from distill.models import WithFeatures, build_model, forward_with_features, make_spec, new_parameter_names
+from distill.models import (WithFeatures, build_model, forward_with_features, make_spec, model_stages,
+                            new_parameter_names)
 from distill.engine.folder import RunLock, check_out, make_out
 from distill.engine.log import RunLogger
 from distill.engine.state import Group, Run, restore, set_rng_state
@@ -41,7 +42,7 @@ def load_teacher(cfg: C.StudentConfig, classes: list[str], device: torch.device,
     if ck.get("role") != "teacher" and not cfg.any_teacher:
         raise UserError(f"{cfg.teacher} is a {ck.get('role')} checkpoint, not a teacher: pass --any-teacher "
                         f"to distill from it anyway, or give a checkpoint of `distill teach`")
-    require_classes(ck["classes"], classes, cfg.teacher, "use a teacher trained on the same data")
+    require_classes(ck["classes"], classes, cfg.teacher, "use a teacher trained on the same data (and --classes)")
     model, pre = model_from_checkpoint(ck, cfg.teacher, device, channels_last)
     info = {"path": str(cfg.teacher), "arch": ck["spec"]["arch"], "role": ck.get("role"),
             "test_accuracy": (ck.get("metrics") or {}).get("test_accuracy"),
@@ -73,11 +74,13 @@ def make_learner(cfg: C.TrainConfig, name: str, spec: dict, stats: tuple, device
             method.modules = modules.to(device)
     # The configured weights even on resume: they shape the parameter groups the saved optimizer has.
     fresh = new_parameter_names(spec, getattr(cfg, "weights", "none"))
-    optimizer, scheduler = make_optimizer(model, cfg, fresh, steps_per_epoch, method.modules)
+    stage_of, depth = model_stages(spec)
+    optimizer, scheduler = make_optimizer(model, cfg, fresh, steps_per_epoch, method.modules, stage_of, depth)
     decay = ema_decay(cfg.ema_horizon, cfg.epochs * steps_per_epoch)
     return Learner(name=name, model=WithFeatures(model) if method.needs_features else model, preprocess=preprocess,
                    optimizer=optimizer, scheduler=scheduler, method=method, grad_clip=cfg.grad_clip,
-                   ema=ModelEMA(model, decay) if decay > 0 else None, mix=parse_mix(getattr(cfg, "mix", "none")))
+                   ema=ModelEMA(model, decay) if decay > 0 else None, mix=parse_mix(getattr(cfg, "mix", "none")),
+                   freezing=make_freezing(cfg, stage_of, depth))
 
 
 @dataclass
@@ -126,7 +129,7 @@ def build_group(cfgs: list[C.TrainConfig]) -> Group:
             check_resume(ck, cfg, None, out)  # the settings now; the classes once the data is loaded
     ds = load_dataset(lead.data, lead.image_size, Path(lead.cache_dir) if lead.cache_dir else None, lead.download,
                       quiet=lead.quiet or rank != 0, dataset=lead.dataset, coarse_labels=lead.coarse_labels)
-    splits = make_splits(ds, lead.val_size, lead.limit_train, lead.limit_test, lead.seed)
+    splits = make_splits(ds, lead.val_size, lead.limit_train, lead.limit_test, lead.seed, C.parse_classes(lead.classes))
     for ck, cfg, out in zip(saved, cfgs, outs):
         if ck is not None:
             check_resume(ck, cfg, splits.classes, out)

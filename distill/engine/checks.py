@@ -21,8 +21,8 @@ def require_classes(trained: list[str], data: list[str], path, advice: str) -> N
 
 
 # Settings every run of a group must share: they fix the batches, the augmentation draws and the step count.
-GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "val_size", "limit_train", "limit_test", "seed",
-                "batch_size", "epochs", "augment", "device", "precision", "channels_last", "deterministic",
+GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "classes", "val_size", "limit_train", "limit_test",
+                "seed", "batch_size", "epochs", "augment", "device", "precision", "channels_last", "deterministic",
                 "sync_bn", "compile_mode", "dataset", "coarse_labels")
 
 

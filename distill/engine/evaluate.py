@@ -30,13 +30,15 @@ def model_from_checkpoint(ck: dict, path, device: torch.device, channels_last: b
 
 def evaluate_checkpoint(path: Path, data: str | None, limit_test: int | None, tta: bool, device: torch.device,
                         cache_dir: Path | None = None, batch_size: int = 1024, quiet: bool = False) -> dict:
-    from distill.data import load_dataset, make_splits
+    from distill.data import load_dataset, make_splits, select_classes
     from distill.engine.checks import require_classes
 
     ck = ckpt_io.load_checkpoint(path)
     cfg = ck["config"]
     labels = {k: cfg[k] for k in ("dataset", "coarse_labels") if k in cfg}  # absent (older runs): CIFAR-10's
     ds = load_dataset(data or cfg.get("data"), ckpt_io.decode_size(ck), cache_dir, False, quiet=quiet, **labels)
+    if cfg.get("classes") is not None:  # trained on some of the data's classes (--classes): tested on those
+        ds = select_classes(ds, ck["classes"])
     require_classes(ck["classes"], ds.classes, path, "evaluate it on the data it was trained for")
     splits = make_splits(ds, 0, None, limit_test, cfg.get("seed", 0))
     model, pre = model_from_checkpoint(ck, path, device)

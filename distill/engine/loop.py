@@ -25,6 +25,7 @@ from distill.augment.ops import GpuAugment, Preprocess, mix
 from distill.augment.spec import Mixing
 from distill.engine.distributed import all_reduce_sum, any_rank
 from distill.engine.ema import ModelEMA
+from distill.engine.optim import Freezing
 from distill.errors import UserError
 from distill.methods import Batch, Method, Outputs
 from distill.models import unwrap
@@ -61,6 +62,7 @@ class Learner:
     ema: ModelEMA | None = None
     mix: Mixing | None = None  # its own MixUp/CutMix on top of the shared batch (--mix)
     diverged: str | None = None  # why its loss became non-finite: it takes no more steps, the others go on
+    freezing: Freezing | None = None  # a fine-tuning schedule's frozen stages (distill/engine/optim.py)
 
     def trainable_parameters(self) -> list:
         """The student's parameters and those of modules the method owns (connectors): one optimizer for both."""
@@ -185,6 +187,8 @@ def learner_step(loop: Loop, learner: Learner, x: Tensor, teacher: Outputs | Non
     correct = (out.logits.detach().argmax(1) == batch.targets.argmax(1)).sum()
     learner.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if learner.freezing is not None:  # before clipping: frozen gradients count for nothing
+        learner.freezing.drop_gradients()
     if learner.grad_clip > 0:
         nn.utils.clip_grad_norm_(learner.trainable_parameters(), learner.grad_clip)
     learner.optimizer.step()
@@ -232,6 +236,8 @@ def train_one_epoch(loop: Loop, epoch: int, start_step: int = 0, hooks: Hooks | 
     hooks = hooks or Hooks()
     for learner in loop.learners:
         learner.model.train()
+        if learner.freezing is not None:  # the phase follows from the epoch: a resumed run continues it
+            learner.freezing.start_epoch(unwrap(learner.model), epoch)
     perm = epoch_permutation(len(loop.train_x), loop.seed, epoch, loop.device)
     steps, n = loop.steps_per_epoch, len(loop.learners)
     loss_sum = torch.zeros(n, device=loop.device)

@@ -80,6 +80,7 @@ def final_metrics(group: Group, run: Run, test: dict, model: torch.nn.Module) ->
             "test_images": len(s.test_x), "device": device_name(group.device), "teacher": run.teacher_info,
             **extra, "method_options": run.learner.method.option_values(), "eval_weights": run.eval_weights,
             "tta": cfg.tta, "seed": cfg.seed, "changes": run.changes,
+            "finetune": cfg.finetune() if isinstance(cfg, C.TeachConfig) else None,
             "predictions": PREDICTIONS_FILE}
 
 
@@ -125,7 +126,8 @@ def method_text(metrics: dict) -> str:
     """How a run learned, in a few characters: teacher, baseline, or its method with every option it used, each
     by the symbol its method declares (kd T=4 α=0.9)."""
     if metrics["role"] != "student":
-        return str(metrics["role"])
+        tuned = metrics.get("finetune")  # a teacher's fine-tuning schedule
+        return str(metrics["role"]) + (f": fine-tuned {C.finetune_text(tuned)}" if tuned else "")
     symbols = option_symbols(str(metrics["method"]))
     options = (f"{symbols.get(k) or k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                for k, v in (metrics.get("method_options") or {}).items())
@@ -149,6 +151,8 @@ def summary_markdown(run: Run, metrics: dict) -> str:
     rows = [("role", metrics["role"]), ("arch", metrics["arch"]), ("method", method),
             ("params", f"{metrics['params'] / 1e6:.2f} M"), ("test accuracy", f"{100 * metrics['test_accuracy']:.2f}%"),
             ("epochs", str(metrics["epochs"])), ("wall time", f"{metrics['wall_seconds']:.0f} s")]
+    if metrics.get("finetune"):
+        rows.insert(3, ("fine-tuned", C.finetune_text(metrics["finetune"])))
     if metrics.get("gain_over_baseline") is not None:
         lo, hi = metrics["gain_interval"]
         interval = f" (95% CI {lo:+.2f} to {hi:+.2f}, McNemar p = {metrics['mcnemar_p']:.3g})" if lo is not None else ""

@@ -105,18 +105,18 @@ def position(stage: Stage, out: Path) -> tuple[int, int]:
 
 
 def plan_groups(pipe: Pipeline) -> list[list[Stage]]:
-    """The teacher alone, then students and baselines that share their batches (GROUP_SHARED) and stand at
-    the same step together; finished stages alone (they are skipped)."""
-    teacher, rest = pipe.stages[0], pipe.stages[1:]
+    """Each teacher alone (the stages after it read its best.pt; a transfer experiment has several), then students
+    and baselines that share their batches (GROUP_SHARED) and stand at the same step together; finished stages
+    alone (they are skipped)."""
     groups: dict[tuple, list[Stage]] = {}
-    for i, stage in enumerate(rest):
-        if not pipe.train_together or stage_status(pipe.out / stage.name) == "skipped":
+    for i, stage in enumerate(pipe.stages):
+        if stage.cls is C.TeachConfig or not pipe.train_together or stage_status(pipe.out / stage.name) == "skipped":
             groups[("alone", i)] = [stage]
             continue
         cfg = C.to_dict(stage.config(pipe.out))
         key = tuple(repr(cfg[k]) for k in GROUP_SHARED) + position(stage, pipe.out)
         groups.setdefault(key, []).append(stage)
-    return [[teacher], *groups.values()]
+    return list(groups.values())
 
 
 def write_report(pipe: Pipeline, records: list[dict], started: float, finished: bool) -> float:
@@ -149,8 +149,8 @@ def preflight(pipe: Pipeline) -> None:
     cfgs = pending_configs(pipe)
     sizes: dict[tuple, int] = {}
     for name, cfg in cfgs:
-        key = (cfg.data, cfg.dataset, cfg.coarse_labels, cfg.image_size, cfg.cache_dir, cfg.val_size, cfg.limit_train,
-               cfg.seed)
+        key = (cfg.data, cfg.dataset, cfg.coarse_labels, cfg.image_size, cfg.cache_dir, cfg.classes, cfg.val_size,
+               cfg.limit_train, cfg.seed)
         if key not in sizes:
             sizes[key] = training_images(cfg)
         if cfg.batch_size > sizes[key]:
@@ -164,7 +164,8 @@ def training_images(cfg: C.TrainConfig) -> int:
 
     ds = load_dataset(cfg.data, cfg.image_size, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.download,
                       quiet=cfg.quiet, dataset=cfg.dataset, coarse_labels=cfg.coarse_labels)
-    return len(make_splits(ds, cfg.val_size, cfg.limit_train, cfg.limit_test, cfg.seed).train_x)
+    return len(make_splits(ds, cfg.val_size, cfg.limit_train, cfg.limit_test, cfg.seed,
+                           C.parse_classes(cfg.classes)).train_x)
 
 
 def run_pipeline(pipe: Pipeline) -> dict:

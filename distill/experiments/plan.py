@@ -132,11 +132,12 @@ def baseline_tables(students: list[dict]) -> list[dict]:
     return [{k: v for k, v in s.items() if k not in DISTILLATION_KEYS} | {"no_teacher": True} for s in first.values()]
 
 
-def check_top(raw: dict, source: str) -> None:
-    unknown = sorted(set(raw) - set(TOP_KEYS))
+def check_top(raw: dict, source: str, keys: tuple[str, ...] = TOP_KEYS, teacher_needed: bool = True) -> None:
+    """The top level of a pipeline's file (`keys`: a transfer experiment's, whose [teacher] is optional)."""
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise UserError(f"{source}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(TOP_KEYS)}")
-    if "teacher" not in raw:
+        raise UserError(f"{source}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(keys)}")
+    if teacher_needed and "teacher" not in raw:
         raise UserError(f"{source}: no [teacher] table: add one with the teacher's options, e.g. arch = \"resnet50\"")
     for key in ("baselines", "train_together"):
         if not isinstance(raw.get(key, True), bool):

@@ -24,6 +24,7 @@ SUMMARIES = {
     "export": "Write a checkpoint as an ONNX, TorchScript or .pt2 model.",
     "compare": "Compare finished runs: accuracy, gains, intervals, charts.",
     "pipeline": "Run teacher, students, baselines and comparison in one go.",
+    "transfer": "Pretrain, transfer to new classes, distil, compare in one go.",
 }
 
 

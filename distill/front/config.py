@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -44,6 +45,7 @@ class TrainConfig:
     val_size: int = opt(5000, "Training images held out (fixed by --seed) to pick the best epoch; 0 trains on every image and keeps the last epoch. The test set never picks anything.", within=NON_NEGATIVE)
     limit_train: int | None = opt(None, "Train on a class-balanced subset of this many images (smoke runs, benchmarks).", within=AT_LEAST_1)
     limit_test: int | None = opt(None, "Evaluate on a class-balanced subset of this many test images.", within=AT_LEAST_1)
+    classes: str | None = opt(None, "Train and test on these classes only, relabelled in the data's order: positions in the sorted class list from 0 ('5-9', '0,2,4') or names ('cat,dog'). A transfer experiment pretrains on some classes and fine-tunes on others; the model gets one output per chosen class.")
     arch: str = opt("resnet50", "Model architecture (see `distill models`).", ARCHS)
     epochs: int = opt(30, "Passes over the training set.", within=AT_LEAST_1)
     batch_size: int = opt(512, "Global batch size; the learning rate is not rescaled for you.", within=AT_LEAST_1)
@@ -89,13 +91,61 @@ class TrainConfig:
         check_coarse_labels(self.dataset, self.coarse_labels)
         check_augment(self.augment, self.image_size)
         check_schedule(self.schedule, self.milestones, self.epochs)
+        parse_classes(self.classes)
 
 
 @dataclass
 class TeachConfig(TrainConfig):
-    weights: str = opt("none", "Initial weights: none, imagenet (torchvision DEFAULT, e.g. IMAGENET1K_V2), imagenet1k_v1, or a state_dict FILE in torchvision's key format.")
+    weights: str = opt("none", "Initial weights: none, imagenet (torchvision DEFAULT, e.g. IMAGENET1K_V2), imagenet1k_v1, a state_dict FILE in torchvision's key format, or a distill checkpoint (best.pt of a run of the same --arch and --stem, e.g. pretrained on other --classes). The head always starts new.")
     stem: str = opt("cifar", "cifar: 3x3 stride-1 conv, no max-pool (keeps 32x32 detail); imagenet: torchvision's 7x7/2 + max-pool (for comparison).", STEMS)
-    backbone_lr_scale: float = opt(0.1, "Learning-rate factor for pretrained backbone layers (the new head and stem use the full --lr).", within=POSITIVE)
+    backbone_lr_scale: float = opt(0.1, "Learning-rate factor for pretrained backbone layers (the new head, and a stem derived from ImageNet's, use the full --lr); without --layer-decay.", within=POSITIVE)
+    # Fine-tuning schedules: each needs --weights (a model trained from scratch has no features to keep).
+    freeze_epochs: int = opt(0, "Epochs at the start in which only the new head trains: every pretrained stage is frozen, its weights and its BatchNorm statistics (a linear probe on the pretrained features). Then --unfreeze says how the stages rejoin. Needs --weights.", within=NON_NEGATIVE)
+    unfreeze: str = opt("all", "After --freeze-epochs: 'all' unfreezes every stage at once; 'gradual' one stage per epoch from the top, layer4 first and the stem last (ULMFiT's gradual unfreezing, Howard & Ruder 2018: the most general features change last); 'lp-ft' every stage at once and the head too at --lr x --backbone-lr-scale (linear probe then fine-tune, Kumar et al. 2022, 'Fine-Tuning can Distort Pretrained Features': a head fitted first distorts the features less than a random one, most of all out of distribution).", ("all", "gradual", "lp-ft"))
+    layer_decay: float = opt(1.0, "Layer-wise learning-rate decay (timm's layer_decay, after BEiT): pretrained stage i of d trains at --lr x decay^(d - i), layer4 at --lr x decay, the stem at --lr x decay^d, the head at --lr: early layers hold general features and move least. Replaces --backbone-lr-scale; 1: off. Needs --weights.", within=Range(0, 1, low_open=True))
+    freeze_bn: bool = opt(False, "Keep every BatchNorm layer in eval mode: its running statistics stay the pretrained ones (timm's freeze_bn and torchvision's FrozenBatchNorm2d do so too, and also fix the affine scale and shift, which train here). For small batches, whose statistics are noisy. Needs --weights.")
+
+    def validate(self) -> None:
+        super().validate()
+        check_finetune(self)
+
+    def finetune(self) -> dict | None:
+        """The fine-tuning settings (metrics.json's `finetune`), None for a model trained from scratch."""
+        return None if self.weights == "none" else {k: getattr(self, k) for k in FINETUNE_FIELDS}
+
+
+# A fine-tuned teacher's recipe beyond the common one: recorded in metrics.json, shown in its HPARAMS and summary.
+FINETUNE_FIELDS = ("weights", "backbone_lr_scale", "freeze_epochs", "unfreeze", "layer_decay", "freeze_bn")
+SCHEDULE_DEFAULTS = {"freeze_epochs": 0, "unfreeze": "all", "layer_decay": 1.0, "freeze_bn": False}
+
+
+def check_finetune(cfg: TeachConfig) -> None:
+    """A schedule needs pretrained weights, and a probe needs epochs to probe and to fine-tune in."""
+    for name, default in SCHEDULE_DEFAULTS.items():
+        if cfg.weights == "none" and getattr(cfg, name) != default:
+            raise UserError(f"--{dash(name)} needs pretrained weights: set --weights (a model trained from scratch "
+                            f"has no features to keep)")
+    if cfg.unfreeze == "lp-ft" and cfg.freeze_epochs == 0:
+        raise UserError("--unfreeze lp-ft needs --freeze-epochs N, the linear probe's length")
+    if cfg.freeze_epochs >= cfg.epochs:
+        raise UserError(f"--freeze-epochs {cfg.freeze_epochs} leaves none of the {cfg.epochs} --epochs to fine-tune "
+                        f"the backbone: lower it")
+    if cfg.unfreeze == "lp-ft" and cfg.layer_decay != 1:
+        raise UserError("--unfreeze lp-ft fine-tunes every layer at one rate, --layer-decay gives each its own: "
+                        "choose one")
+
+
+def finetune_text(settings: dict) -> str:
+    """How a teacher was fine-tuned, in a few words: 'from best.pt, lp-ft after 3 frozen epochs, backbone lr x0.1'."""
+    parts = [f"from {Path(settings['weights']).name}"]
+    if settings["freeze_epochs"] or settings["unfreeze"] != "all":
+        frozen = settings["freeze_epochs"]
+        parts.append(f"{settings['unfreeze']} after {frozen} frozen epoch{'' if frozen == 1 else 's'}")
+    parts.append(f"layer decay {settings['layer_decay']:g}" if settings["layer_decay"] != 1
+                 else f"backbone lr x{settings['backbone_lr_scale']:g}")
+    if settings["freeze_bn"]:
+        parts.append("frozen BN")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -203,6 +253,37 @@ def check_schedule(schedule: str, milestones: str | None, epochs: int) -> None:
     if values[0] < 1 or values[-1] >= epochs:
         raise UserError(f"--milestones {milestones} must lie in [1, {epochs - 1}] for --epochs {epochs}: a milestone "
                         f"at or past the last epoch never takes effect; lower it or raise --epochs")
+
+
+MOST_CLASSES = 1_000_000  # past any data set's class list: a longer range is a typo, never expanded
+
+
+def parse_classes(spec: str | None) -> list[int | str] | None:
+    """--classes as a list: positions (from 0; a range 'a-b' expanded) and names, each once; None: every class.
+    Which classes they are is known once the data is loaded (distill.data.splits.select_classes)."""
+    if spec is None:
+        return None
+    items: list[int | str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        span = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part, re.ASCII)
+        if re.fullmatch(r"\d+", part, re.ASCII):
+            items.append(int(part))
+        elif span and int(span[1]) <= int(span[2]) < MOST_CLASSES:
+            items += range(int(span[1]), int(span[2]) + 1)
+        elif span:
+            raise UserError(f"--classes range '{part}' must run upward and stay below {MOST_CLASSES:,}: e.g. 5-9")
+        elif part:
+            items.append(part)
+        else:
+            raise UserError(f"--classes '{spec}' has an empty item: separate positions or names by single commas")
+    seen: set[int | str] = set()
+    for item in items:
+        if item in seen:
+            raise UserError(f"--classes '{spec}' names class {item} twice: name each once")
+        seen.add(item)
+    if len(items) < 2:
+        raise UserError(f"--classes '{spec}' selects one class: a classifier needs at least 2")
+    return items
 
 
 def check_paths(cfg: TrainConfig) -> None:

@@ -6,6 +6,8 @@ any model, e.g. a student checkpoint used as a teacher.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import nn
 
 from distill import students, teachers
@@ -58,14 +60,23 @@ def build_model(spec: dict, weights: str = "none") -> nn.Module:
 def new_parameter_names(spec: dict, weights: str) -> set[str]:
     """Parameters of a fine-tuned model that train at the full learning rate, the rest at backbone_lr_scale.
 
-    The head starts from scratch. With the CIFAR stem, conv1 is derived from the 7x7 kernel (finer detail
-    lost) and bn1 keeps its ImageNet affine and statistics, now fed 32x32 responses: both must adapt, so both
-    get the full rate (bn1's running statistics re-estimate themselves in training mode anyway).
+    The head starts from scratch. With the CIFAR stem and ImageNet weights, conv1 is derived from the 7x7 kernel
+    (finer detail lost) and bn1 keeps its ImageNet affine and statistics, now fed 32x32 responses: both must
+    adapt, so both get the full rate (bn1's running statistics re-estimate themselves in training mode anyway).
+    A distill checkpoint's stem was trained on such images already: it is pretrained like the rest.
     """
     if spec["family"] != "teacher" or weights == "none":
         return set()
-    stem = {"conv1.weight", "bn1.weight", "bn1.bias"} if spec["stem"] == "cifar" else set()
-    return {"fc.weight", "fc.bias"} | stem
+    derived = spec["stem"] == "cifar" and teachers.imagenet_layout(weights)
+    return {"fc.weight", "fc.bias"} | ({"conv1.weight", "bn1.weight", "bn1.bias"} if derived else set())
+
+
+def model_stages(spec: dict) -> tuple[Callable[[str], int] | None, int]:
+    """How a model divides into stages for fine-tuning schedules: a parameter's or module's name -> its stage
+    (0 the stem ... the head last), and the head's stage. Only teachers start from pretrained weights."""
+    if spec["family"] != "teacher":
+        return None, 0
+    return teachers.stage_of, teachers.HEAD_STAGE
 
 
 def unwrap(model: nn.Module) -> nn.Module:
