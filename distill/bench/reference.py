@@ -88,6 +88,6 @@ def bench_reference(opts: BenchOptions, arch: str) -> dict:
             optimizer.step()
 
         timing = median_step_seconds(step, opts.device, opts.warmup, opts.steps)
-        del batches  # stops the loader's worker processes now
+        batches = None  # drops the loader now: its worker processes stop
     return result_row(opts, arch, "reference_train", timing, model, precision="fp32", channels_last=False,
                       compile=False, compile_mode=None, num_workers=opts.num_workers, data=opts.data or "synthetic")

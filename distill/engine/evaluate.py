@@ -14,7 +14,8 @@ from distill.errors import UserError
 from distill.models import build_model
 
 
-def model_from_checkpoint(ck: dict, path, device: torch.device, channels_last: bool = False) -> tuple[nn.Module, Preprocess]:
+def model_from_checkpoint(ck: dict, path, device: torch.device,
+                          channels_last: bool = False) -> tuple[nn.Module, Preprocess]:
     """The evaluated weights of a checkpoint, in eval mode, with the preprocessing it was trained with."""
     model = build_model(ck["spec"])
     try:

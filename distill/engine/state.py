@@ -22,10 +22,11 @@ from distill.engine.loop import Learner, Loop
 from distill.models import unwrap
 
 # What a resumed run may do differently from the run it continues. Free: how it is computed, not what (the
-# device and the number of processes, compiling, how often it saves, where the cache is), and the teacher's path (its content is checked
-# instead: a moved file is fine). Recorded (in its checkpoints, config.json and metrics.json, with the epoch
-# the change took effect): --epochs, whose cosine schedule continues on the new length. Every other setting
-# (the recipe, the method and its options, the data) must be the same: a run records one recipe, not two.
+# device and the number of processes, compiling, how often it saves, where the cache is), and the teacher's
+# path (its content is checked instead: a moved file is fine). Recorded (in its checkpoints, config.json and
+# metrics.json, with the epoch the change took effect): --epochs, whose schedule continues on the new length.
+# Every other setting (the recipe, the method and its options, the data) must be the same: a run records one
+# recipe, not two.
 RESUME_FREE = (*C.NOT_COMPUTED, "out", "device", "compile", "compile_mode", "compile_teacher", "channels_last",
                "deterministic", "sync_bn", "save_every", "cache_dir", "download", "any_teacher", "teacher")
 RESUME_RECORDED = ("epochs",)

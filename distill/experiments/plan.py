@@ -2,7 +2,8 @@
 
 Kept apart from distill/experiments/pipeline.py (which trains the stages, and imports torch) so that the command line
 answers a missing file, bad TOML, an unknown key or a bad value in a fraction of a second, before torch is
-imported; distill.experiments.pipeline re-exports Pipeline, Stage and load_pipeline. The file format: see distill/experiments/pipeline.py.
+imported; distill.experiments.pipeline re-exports Pipeline, Stage and load_pipeline. The file format: see
+distill/experiments/pipeline.py.
 """
 
 from __future__ import annotations
