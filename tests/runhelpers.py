@@ -127,3 +127,18 @@ def assert_one_line_error(result, *needles: str) -> None:
     assert all(line.startswith("loading ") for line in lines[:-1]), result.err
     for needle in needles:
         assert needle in lines[-1], lines[-1]
+
+
+def record_groups(monkeypatch) -> list[list[str]]:
+    """Make the pipeline record which stages each training call trains (one list of run folders per call)."""
+    import distill.experiments.pipeline as pipeline_mod
+
+    calls: list[list[str]] = []
+    real_group = pipeline_mod.train_group
+
+    def recorded_group(cfgs):
+        calls.append([Path(cfg.out).name for cfg in cfgs])
+        return real_group(cfgs)
+
+    monkeypatch.setattr(pipeline_mod, "train_group", recorded_group)
+    return calls

@@ -16,7 +16,7 @@ from conftest import write_image_tree
 from distill.front.cli import main
 from distill.errors import UserError
 from distill.experiments.pipeline import load_pipeline
-from runhelpers import assert_one_line_error
+from runhelpers import assert_one_line_error, record_groups
 
 STAGES = ("teacher-resnet8", "student-resnet8-kd", "baseline-resnet8")
 SCALARS = {"accuracy/train", "accuracy/val", "accuracy/test", "lr", "throughput/train_images_per_second",
@@ -53,16 +53,9 @@ def experiment(tmp_path_factory) -> dict:
     """One pipeline run shared by the tests below; it records which stages each training call got."""
     root = tmp_path_factory.mktemp("pipeline")
     config = write_config(root / "tiny.toml", write_image_tree(root / "data"), root / "cache")
-    calls: list[list[str]] = []
-    real_group = pipeline_mod.train_group
-
-    def recorded_group(cfgs):
-        calls.append([Path(cfg.out).name for cfg in cfgs])
-        return real_group(cfgs)
-
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # a relative --out, so the resume test can rerun a copy from another folder
-        mp.setattr(pipeline_mod, "train_group", recorded_group)
+        calls = record_groups(mp)
         main(["pipeline", "--config", str(config), "--out", "exp", "--quiet"])
     return {"root": root, "out": root / "exp", "config": config, "calls": calls}
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import distill.experiments.pipeline as pipeline_mod
 from conftest import write_image_tree
 from distill import teachers
 from distill.data import Dataset, make_splits, select_classes
@@ -18,7 +17,7 @@ from distill.errors import UserError
 from distill.front.cli import main
 from distill.front.config import parse_classes
 from distill.models import build_model, make_spec, new_parameter_names
-from runhelpers import assert_one_line_error
+from runhelpers import assert_one_line_error, record_groups
 
 CLASSES = ("apple", "boat", "cloud", "dune")  # dune has apple's colour: it takes the target's own features
 TRANSFERS = ("scratch", "finetune", "lp-ft")
@@ -70,16 +69,9 @@ teacher = "lp-ft"
 def experiment(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("transfer")
     config = write_config(root / "tiny.toml", write_image_tree(root / "data", classes=CLASSES))
-    calls: list[list[str]] = []
-    real_group = pipeline_mod.train_group
-
-    def recorded_group(cfgs):
-        calls.append([Path(cfg.out).name for cfg in cfgs])
-        return real_group(cfgs)
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DISTILL_CACHE", str(root / "cache"))
-        mp.setattr(pipeline_mod, "train_group", recorded_group)
+        calls = record_groups(mp)
         main(["transfer", "--config", str(config), "--out", str(root / "exp"), "--quiet"])
     return {"out": root / "exp", "config": config, "calls": calls}
 
