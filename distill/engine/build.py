@@ -150,6 +150,7 @@ def build_group(cfgs: list[C.TrainConfig]) -> Group:
         compile_models(loop, cfgs)
         for learner in loop.learners:
             learner.model = dist_util.wrap(learner.model, device, lead.sync_bn)
+            learner.method.modules = dist_util.share_method_modules(learner.method.modules, device, lead.sync_bn)
         return Group(runs, loop, splits, device, locks=locks)
     except BaseException:
         for lock in locks:  # the folders are free again for the user's next attempt
@@ -195,7 +196,7 @@ def make_loop(cfgs: list[C.TrainConfig], names: list[str], splits: Splits, devic
     channels_last = device.type == "cuda" if lead.channels_last is None else lead.channels_last
     steps = len(splits.train_x) // lead.batch_size
     train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
-    data = TrainingSet(len(train_x), train_y, device, dist_util.all_gather_cat)
+    data = TrainingSet(len(train_x), train_y, device, dist_util.all_gather_cat, dist_util.own_rows)
     probe = Probe(to_float(train_x[:2]), teacher, channels_last, data)
     learners = [make_learner(cfg, name, learner_spec(cfg, splits), (norm["mean"], norm["std"]), device,
                              channels_last, steps, pretrained=new, probe=probe)

@@ -38,6 +38,31 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def share_method_modules(modules: nn.Module | None, device: torch.device, sync_bn: bool) -> nn.Module | None:
+    """A method's own modules (connectors, embedding heads) live outside the student's DDP wrapper: they start
+    from rank 0's weights, their gradients are averaged after each backward (`average_gradients`), and their
+    BatchNorm follows --sync-bn as the student's does. Without this every process trains its own copy."""
+    if modules is None or not dist.is_initialized():
+        return modules
+    for tensor in [*modules.parameters(), *modules.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+    return convert_sync_bn(modules, device) if sync_bn else modules
+
+
+def average_gradients(modules: nn.Module | None) -> None:
+    """The mean over processes of `modules`' gradients, in one all-reduce (what DDP does for the student)."""
+    if modules is None or not dist.is_initialized():
+        return
+    grads = [p.grad for p in modules.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(mean.view_as(g))
+
+
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """Global-batch BatchNorm: torch's SyncBatchNorm on GPUs, GlooSyncBatchNorm for CPU processes."""
     if device.type == "cuda":
@@ -119,6 +144,13 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def own_rows(t: torch.Tensor) -> torch.Tensor:
+    """This process's rows of a tensor over the global batch in `all_gather_cat`'s order (`t` itself alone)."""
+    if not dist.is_initialized():
+        return t
+    return t.chunk(dist.get_world_size())[dist.get_rank()]
 
 
 def shutdown() -> None:

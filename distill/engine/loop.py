@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from distill.augment.ops import GpuAugment, Preprocess, mix
 from distill.augment.spec import Mixing
-from distill.engine.distributed import all_reduce_sum, any_rank
+from distill.engine.distributed import all_reduce_sum, any_rank, average_gradients
 from distill.engine.ema import ModelEMA
 from distill.engine.optim import Freezing
 from distill.errors import UserError
@@ -187,6 +187,7 @@ def learner_step(loop: Loop, learner: Learner, x: Tensor, teacher: Outputs | Non
     correct = (out.logits.detach().argmax(1) == batch.targets.argmax(1)).sum()
     learner.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(learner.method.modules)  # under torchrun; DDP already averaged the student's
     if learner.freezing is not None:  # before clipping: frozen gradients count for nothing
         learner.freezing.drop_gradients()
     if learner.grad_clip > 0:

@@ -35,6 +35,7 @@ class TrainingSet(NamedTuple):
     labels: Any  # (size,) int64 class of each image, on `device`
     device: Any
     gather: Any = None  # tensor -> the same tensor of every process, concatenated (one process: itself)
+    own_rows: Any = None  # a tensor over the gathered global batch -> this process's rows (one process: itself)
 
 
 class Outputs(NamedTuple):

@@ -14,8 +14,8 @@ mean(exp(...)) * N. Each term is NCE with the noise distribution uniform over th
 
 After the loss the banks take this batch's embeddings (bank = m bank + (1 - m) embed, renormalized). Under
 torchrun every process applies every process's rows, so the banks stay the same everywhere. The negatives
-come from the step's own random stream (`Batch.generator`), so a run draws the same ones in any group and
-after a resume; the banks and Z are buffers of the method's modules, saved in last.pt and restored with it.
+come from the step's own random stream (`Batch.generator`), drawn for the whole global batch, so a run draws
+the same ones in any group, after a resume and on any number of processes; the banks and Z are buffers of the method's modules, saved in last.pt and restored with it.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class CRD(Method):
 
     def setup(self, student, teacher, data):
         self.gather = data.gather or (lambda t: t)
+        self.own_rows = data.own_rows or (lambda t: t)
         self.z_known = None  # which Z is set, read from the buffer once (it may come from a checkpoint)
         self.modules = contrast_heads(student.features[-1].shape[1], teacher.features[-1].shape[1],
                                       self.options.crd_dim, data.labels)
@@ -61,7 +62,9 @@ class CRD(Method):
         o, heads = self.options, self.modules
         v_s = F.normalize(heads.embed_s(student.features[-1].flatten(1)), dim=1)
         v_t = F.normalize(heads.embed_t(teacher.features[-1].flatten(1)), dim=1)
-        rows = contrast_rows(heads, batch.indices, o.crd_negatives, batch.generator)
+        # Negatives drawn for the whole global batch, then this process's rows: every process draws its own
+        # (one seeded stream each would give them all the same), and N processes draw what one process would.
+        rows = self.own_rows(contrast_rows(heads, self.gather(batch.indices), o.crd_negatives, batch.generator))
         # Teacher as anchor against the student's bank, and the student as anchor against the teacher's.
         p_t = self.scores(v_t, heads.bank_s, rows, slot=0)
         p_s = self.scores(v_s, heads.bank_t, rows, slot=1)
