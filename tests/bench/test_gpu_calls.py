@@ -113,8 +113,9 @@ def test_an_unknown_preflight_step_is_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "pf").exists()
 
 
-def case(name: str, compiled: bool, status: str, retry: str | None = None) -> dict:
-    return {"name": name, "compiled": compiled, "status": status, "uncompiled": retry and {"status": retry}}
+def case(name: str, compiled: bool, status: str, retry: str | None = None, how: str | None = None) -> dict:
+    return {"name": name, "compiled": compiled, "status": status, "how": how or (status != "ok" and "exit 1" or None),
+            "uncompiled": retry and {"status": retry}}
 
 
 @pytest.mark.parametrize("steps, expected", [
@@ -122,6 +123,7 @@ def case(name: str, compiled: bool, status: str, retry: str | None = None) -> di
     ([case("group", True, "failed", "ok"), case("teacher", True, "ok")], False),  # compile to blame
     ([case("group", True, "failed", "failed")], True),  # broken either way: compile is not the cause
     ([case("group", True, "failed", None)], True),  # no retry ran (stopped): no evidence against compile
+    ([case("group", True, "failed", "ok", how="timed out")], True),  # slow under six cold compiles, not broken
     ([case("deploy", False, "ok")], None),  # nothing compiled ran
 ])
 def test_the_verdict_blames_compile_only_when_the_uncompiled_retry_passed(steps, expected):
