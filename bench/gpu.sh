@@ -20,17 +20,21 @@
 #   Starts clean: empties $WORK (/tmp/distill-gpu), then keeps its runs, decode and compile caches and a copy
 #   of its outputs there for call 2.
 # CALL=2 (STEPS="peer pipeline fm augment", BUDGET 170 s unless given), on the still-warm machine, each step
-#   capped, the cheapest and most important first: airbench94 twice on the same JPEG copy
-#   (bench/peer_airbench.py); the headline again only if the clock cut it in call 1 (it resumes, finished
-#   stages are skipped); the function-matching student ($FM_CONFIG, --out the headline's runs: its teacher
-#   stage is the headline's, skipped); the augmentation cost (bench/augment_cost.py); then compare of the
-#   whole runs folder and a summary merged with call 1's. Without call 1's runs (the machine was not warm)
-#   it says so and runs what needs none.
+#   capped: the headline again only if the clock cut it in call 1 (it resumes, finished stages are skipped);
+#   then airbench94 twice on the same JPEG copy (bench/peer_airbench.py) BESIDE the function-matching student
+#   ($FM_CONFIG, --out the headline's runs: its teacher stage is the headline's, skipped): both report
+#   accuracy, which sharing the card does not change, and neither fits the call after the other; then the
+#   augmentation cost alone (bench/augment_cost.py, a timing); then compare of the whole runs folder and a
+#   summary merged with call 1's. Without call 1's runs (the machine was not warm) it says so and runs what
+#   needs none. The `bench` and `compile` rows are not in either call: the headline's own img/s and first
+#   epoch say what they would, and 15 minutes hold no more (STEPS="bench compile" runs them in a later call).
+# Each call copies its result files to $WORK/out<CALL> as soon as they exist, so call 2 merges call 1's
+#   figures even when call 1 was killed before its summary.
 #
 # STEPS (a lone call, CALL unset: default "augment pipeline") picks among, in this order of running:
 #   preflight  bench/preflight.py --device cuda: one line per step, preflight.json
-#   peer       bench/peer_airbench.py: airbench94 warm-up + 2 runs on $DATA, airbench.json
 #   pipeline   the $CONFIG pipeline into $RUNS (skipped when $RUNS already holds it finished), headline.json
+#   peer       bench/peer_airbench.py: airbench94 warm-up + 2 runs on $DATA, airbench.json (beside fm)
 #   fm         the $FM_CONFIG pipeline into $RUNS beside the headline, fm.json
 #   matmul     bf16 matmul ceiling, 01_matmul.json
 #   bench      `distill bench` of the teacher and the students: train, infer, distill, 02_bench.jsonl
@@ -68,7 +72,7 @@ for arg in "$@"; do
     *) echo "gpu.sh: unknown argument '$arg': use --cpu-smoke and/or --dry-run" >&2; exit 2 ;;
   esac
 done
-ALL_STEPS="preflight peer pipeline fm matmul bench compile reference data augment"
+ALL_STEPS="preflight pipeline peer fm matmul bench compile reference data augment"
 CALL=${CALL:-0}
 case $CALL in
   0) DEFAULT_STEPS="augment pipeline" ; DEFAULT_BUDGET=560 ;;
