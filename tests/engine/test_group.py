@@ -145,7 +145,7 @@ def test_a_group_writes_predictions_and_each_students_paired_gain_and_fidelity(t
     assert [h.display_name for h in experiment.hparam_infos] == ["method", "params (M)"]
     assert [h.name for h in experiment.hparam_infos] == sorted(h.name for h in experiment.hparam_infos)
     assert [(m.name.tag, m.display_name) for m in experiment.metric_infos] == [
-        ("accuracy/test", "test accuracy (%)"), ("result/gain_over_baseline", "gain (points)"),
+        ("result/test_accuracy", "test accuracy (%)"), ("result/gain_over_baseline", "gain (points)"),
         ("result/teacher_agreement", "agreement with teacher (%)")]
     folders = {name: tmp_path / name for name in ("kd", "dkd", "base")} | {"teacher": teacher[1].parent}
     rows = {name: hparams_row(folder) for name, folder in folders.items()}

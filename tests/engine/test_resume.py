@@ -41,7 +41,7 @@ def test_interrupted_twice_and_resumed_equals_uninterrupted_bit_for_bit(cli, tin
     steps = scalars(pieces)
     for tag in ("loss/train", "accuracy/train", "accuracy/val", "lr", "time/epoch_seconds"):
         assert steps[tag] == [1, 2, 3], (tag, steps[tag])
-    assert steps["accuracy/test"] == [3]
+    assert steps["result/test_accuracy"] == [3]
 
 
 def test_changed_settings_are_refused_in_one_line_and_more_epochs_extend_the_schedule(

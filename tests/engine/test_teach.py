@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import file_digest, tiny_teach_args
 
-TAGS = {"loss/train", "accuracy/train", "accuracy/val", "accuracy/test", "lr",
+TAGS = {"loss/train", "accuracy/train", "accuracy/val", "result/test_accuracy", "lr",
         "throughput/train_images_per_second", "time/epoch_seconds"}
 METRIC_KEYS = {"role", "arch", "params", "test_accuracy", "best_val_accuracy", "epochs", "wall_seconds",
                "train_images_per_second", "dataset", "device"}
@@ -31,7 +31,7 @@ def test_teach_writes_every_file_and_tag(cli, tiny_data, tmp_path):
     assert metrics["role"] == "teacher" and metrics["epochs"] == 2 and 0 <= metrics["test_accuracy"] <= 1
     steps = scalars(out)
     assert TAGS <= steps.keys()
-    assert steps["accuracy/val"] == [1, 2] and steps["accuracy/test"] == [2]
+    assert steps["accuracy/val"] == [1, 2] and steps["result/test_accuracy"] == [2]
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == "resnet18" and config["batch_size"] == 8 and config["spec"]["stem"] == "imagenet"
     ckpt = torch.load(out / "last.pt", weights_only=True)
@@ -98,7 +98,7 @@ def test_val_size_0_trains_on_every_image_and_keeps_the_last_epochs_ema(cli, tin
     assert last["epoch"] == 2 and best["epoch"] == 2
     for key, value in last["ema"].items():  # nothing was chosen: best.pt holds the last epoch's average
         assert torch.equal(best["model"][key], value), key
-    assert "accuracy/val" not in scalars(out) and scalars(out)["accuracy/test"] == [2]
+    assert "accuracy/val" not in scalars(out) and scalars(out)["result/test_accuracy"] == [2]
 
     raw = tmp_path / "raw"
     args[args.index("--out") + 1] = str(raw)

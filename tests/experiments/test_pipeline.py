@@ -19,7 +19,7 @@ from distill.experiments.pipeline import load_pipeline
 from runhelpers import assert_one_line_error, record_groups
 
 STAGES = ("teacher-resnet8", "student-resnet8-kd", "baseline-resnet8")
-SCALARS = {"accuracy/train", "accuracy/val", "accuracy/test", "lr", "throughput/train_images_per_second",
+SCALARS = {"accuracy/train", "accuracy/val", "result/test_accuracy", "lr", "throughput/train_images_per_second",
            "time/epoch_seconds"}
 # Plain cross-entropy in one chart, the KD objective in its own: the values do not compare.
 LOSS = dict(zip(STAGES, ("loss/train", "loss/train_kd", "loss/train")))
@@ -75,15 +75,17 @@ def test_pipeline_makes_three_runs_with_the_same_tags_and_an_hparams_summary(exp
         metrics = json.loads((experiment["out"] / name / "metrics.json").read_text())
         assert SCALARS | {LOSS[name]} <= tags and not (set(LOSS.values()) - {LOSS[name]}) & tags
         assert not any(tag.startswith("hparam") for tag in tags)  # no section of single-point charts
+        # The section SCALARS opens on holds curves, one point per epoch; single points come under result/.
+        assert {len(events.Scalars(tag)) for tag in tags if tag.startswith("accuracy/")} == {metrics["epochs"]}
         final = {tag: events.Scalars(tag)[-1] for tag in tags}
         # Percent, as compare prints it, and the final figures at the last epoch.
-        assert final["accuracy/test"].value == pytest.approx(100 * metrics["test_accuracy"])
+        assert final["result/test_accuracy"].value == pytest.approx(100 * metrics["test_accuracy"])
         assert max(e.value for e in events.Scalars("accuracy/val")) == pytest.approx(100 * metrics["best_val_accuracy"])
         assert all(0 <= e.value <= 100 for e in events.Scalars("accuracy/train") + events.Scalars("accuracy/val"))
         if name == "student-resnet8-kd":
             assert final["result/gain_over_baseline"].value == pytest.approx(metrics["gain_over_baseline"])
             assert final["result/teacher_agreement"].value == pytest.approx(100 * metrics["teacher_agreement"])
-            assert {final[tag].step for tag in RESULTS | {"accuracy/test"}} == {metrics["epochs"]}
+            assert {final[tag].step for tag in RESULTS | {"result/test_accuracy"}} == {metrics["epochs"]}
         else:
             assert not RESULTS & tags
 
