@@ -156,6 +156,27 @@ def test_gpu_sh_runs_the_headline_uncompiled_only_when_the_preflight_blames_comp
     assert "preflight: would run" in result.stderr and "bench/preflight.py --device cuda" in result.stderr
 
 
+def test_gpu_sh_continues_a_compiled_headline_that_failed_uncompiled(tmp_path):
+    """The device path (not the dry run) with a stand-in python: its first `distill pipeline` fails as a
+    compiled stage might; gpu.sh runs the pipeline again with --set compile=false and says so."""
+    calls, fake = tmp_path / "calls.txt", tmp_path / "python"
+    fake.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+[[ "$*" == *"-m distill pipeline"* ]] && [ "$(grep -c 'distill pipeline' {calls})" = 1 ] && exit 1
+exit 0
+""")
+    fake.chmod(0o755)
+    (tmp_path / "data.tar.gz").write_bytes(b"")
+    result = gpu_sh(tmp_path, CALL="1", STEPS="pipeline", PYTHON=str(fake), SITE=str(tmp_path / "site"),
+                    DATA=str(tmp_path / "data.tar.gz"))
+    assert result.returncode == 0, result.stderr
+    runs = [line for line in calls.read_text().splitlines() if "-m distill pipeline" in line]
+    assert len(runs) == 2 and "compile=false" not in runs[0] and runs[1].endswith("--set compile=false")
+    assert "the compiled pipeline failed (exit 1): continued with --set compile=false" in result.stderr
+    [record] = [line for line in calls.read_text().splitlines() if "distill.bench.gpu record" in line]
+    assert "--compiled false" in record and "continued with --set compile=false" in record
+
+
 def test_gpu_sh_call_2_without_call_1_says_so_and_runs_what_needs_no_runs(tmp_path):
     result = gpu_sh(tmp_path, "--dry-run", CALL="2", FM_CONFIG=str(tmp_path / "missing.toml"))
     assert result.returncode == 0, result.stderr
