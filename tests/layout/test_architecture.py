@@ -4,6 +4,7 @@ pulls in; imports inside functions are deliberate deferrals and are not edges of
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,17 @@ def test_the_rules_see_the_imports():
     assert "distill.engine.loop" in GRAPH["distill.engine.run"]
     assert "distill.front.config" in GRAPH["distill.front.cli"]
     assert imports_torch("distill.engine.loop") and not imports_torch("distill.front.config")
+
+
+# A path only this machine has: the notes folder beside the checkout, a home or work folder, a temporary file.
+OUTSIDE = re.compile(r"(?<![\w.])(?:shared/|\.\./|/work/|/home/|/Users/|/tmp/)")
+
+
+def test_the_code_cites_no_file_outside_the_repository():
+    """A source a docstring quotes must be one every reader can open: a paper, a repository, a file in this one."""
+    offenders = sorted(f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in SOURCES.values()
+                       for number, line in enumerate(path.read_text().splitlines(), 1) if OUTSIDE.search(line))
+    assert offenders == []
 
 
 def test_the_readme_layout_names_every_module():
