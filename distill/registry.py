@@ -1,4 +1,6 @@
-"""A tiny name -> constructor registry (timm style) shared by teachers, students and methods."""
+"""A tiny name -> constructor registry (timm style), shared by the model families: teachers (TEACHERS) and
+students (STUDENTS), each checked against the names the command line declares. Methods keep their own
+`METHODS` dict (distill/methods/__init__.py): they register classes with options, not constructors."""
 
 from __future__ import annotations
 

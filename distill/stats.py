@@ -87,6 +87,24 @@ def paired_comparison(correct_a, correct_b) -> Paired:
     return Paired(paired_gain(correct_a, correct_b), mcnemar_exact(*discordant(correct_a, correct_b)))
 
 
+GAIN_FIELDS = ("gain_over_baseline", "gain_interval", "mcnemar_p")  # a student's gain, in metrics.json and compare
+
+
+def gain_record(correct, baseline_correct) -> dict:
+    """A student's gain over its baseline from both runs' per-image 0/1 correctness on the same test images, in
+    the one shape metrics.json (runs trained together) and `distill compare` (finished runs) both write:
+    gain_over_baseline in points, gain_interval its 95% interval [low, high] (None below 2 images), mcnemar_p."""
+    gain, p = paired_comparison(correct, baseline_correct)
+    interval = None if gain.low is None else [gain.low, gain.high]
+    return dict(zip(GAIN_FIELDS, (gain.points, interval, p)))
+
+
+def accuracy_gain_record(accuracy: float, baseline_accuracy: float) -> dict:
+    """The same record where the per-image results are missing: the accuracies' difference in points, with no
+    interval and no p (those need the images each run got right)."""
+    return dict(zip(GAIN_FIELDS, (100 * (accuracy - baseline_accuracy), None, None)))
+
+
 def agreement(top1_a, top1_b) -> float:
     """Fraction of images on which the two models predict the same class."""
     a, b = cpu(top1_a).flatten(), cpu(top1_b).flatten()

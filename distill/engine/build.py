@@ -68,10 +68,13 @@ def make_learner(cfg: C.TrainConfig, name: str, spec: dict, stats: tuple, device
     model = build_model(spec, weights).to(device, memory_format=fmt)
     preprocess = Preprocess(*stats, spec["input_size"]).to(device)
     method = make_method(cfg)
-    if method.needs_teacher:  # the shapes its modules need: one small batch through both models
-        modules = method.setup(probe.outputs(model, preprocess), probe.teacher_outputs(), probe.data)
-        if modules is not None:
-            method.modules = modules.to(device)
+    # Every method sets up, a teacher-free one too (a memory bank needs only the training set): the shapes its
+    # modules need, from one small batch through the student (and the teacher, for a method that has one).
+    features = method.needs_features
+    teacher = probe.teacher_outputs(features) if method.needs_teacher else None
+    modules = method.setup(probe.outputs(model, preprocess, features), teacher, probe.data)
+    if modules is not None:
+        method.modules = modules.to(device)
     # The configured weights even on resume: they shape the parameter groups the saved optimizer has.
     fresh = new_parameter_names(spec, getattr(cfg, "weights", "none"))
     stage_of, depth = model_stages(spec)
@@ -85,7 +88,8 @@ def make_learner(cfg: C.TrainConfig, name: str, spec: dict, stats: tuple, device
 
 @dataclass
 class Probe:
-    """Two training images, to show a feature method the shapes of the student's and the teacher's features."""
+    """Two training images and the training set, for every method's `setup`: the shapes of the student's and
+    the teacher's outputs (features too, for a method that reads them) and what a memory bank needs to know."""
 
     images: torch.Tensor  # float [0, 1], on the device
     teacher: TeacherModel | None
@@ -93,17 +97,18 @@ class Probe:
     data: TrainingSet  # what a method keeping one entry per training image needs to know
 
     @torch.no_grad()
-    def outputs(self, model: nn.Module, preprocess: Preprocess) -> Outputs:
+    def outputs(self, model: nn.Module, preprocess: Preprocess, features: bool) -> Outputs:
         was_training = model.training
         model.eval()  # BatchNorm statistics stay as they are
-        out = Outputs(*forward_with_features(model, model_input(self.images, preprocess, self.channels_last)))
+        x = model_input(self.images, preprocess, self.channels_last)
+        out = Outputs(*forward_with_features(model, x)) if features else Outputs(model(x))
         model.train(was_training)
         return out
 
-    def teacher_outputs(self) -> Outputs:
+    def teacher_outputs(self, features: bool) -> Outputs:
         if self.teacher is None:
             raise UserError("a distillation method needs --teacher CKPT")
-        return self.outputs(unwrap(self.teacher.model), self.teacher.preprocess)
+        return self.outputs(unwrap(self.teacher.model), self.teacher.preprocess, features)
 
 
 def with_resolved_data(cfg: C.TrainConfig) -> C.TrainConfig:

@@ -21,7 +21,7 @@ from distill.methods import METHODS
 from distill.models import build_model
 from distill.engine.log import AGREEMENT_TAG, GAIN_TAG, HPARAM_COLUMNS, TEST_TAG
 from distill.engine.state import Group, Run, steady_throughput
-from distill.stats import agreement, mean_kl, paired_comparison, weak_teacher
+from distill.stats import agreement, gain_record, mean_kl, weak_teacher
 from distill.engine.evaluate import evaluate
 from distill.models import unwrap
 
@@ -93,9 +93,7 @@ def add_gains(group: Group, metrics: list[dict], probs: list[torch.Tensor]) -> N
         i = baselines.get(m["arch"])
         if m["role"] != "student" or i is None or p is None:
             continue
-        gain, p_value = paired_comparison(p.argmax(1) == labels, probs[i].argmax(1) == labels)
-        m.update(baseline=group.runs[i].out.name, gain_over_baseline=gain.points, gain_interval=[gain.low, gain.high],
-                 mcnemar_p=p_value)
+        m.update(baseline=group.runs[i].out.name, **gain_record(p.argmax(1) == labels, probs[i].argmax(1) == labels))
 
 
 def weak_teacher_line(student: dict, baseline: dict | None) -> str | None:
@@ -154,7 +152,7 @@ def summary_markdown(run: Run, metrics: dict) -> str:
     if metrics.get("finetune"):
         rows.insert(3, ("fine-tuned", C.finetune_text(metrics["finetune"])))
     if metrics.get("gain_over_baseline") is not None:
-        lo, hi = metrics["gain_interval"]
+        lo, hi = metrics["gain_interval"] or (None, None)  # no interval below 2 test images
         interval = f" (95% CI {lo:+.2f} to {hi:+.2f}, McNemar p = {metrics['mcnemar_p']:.3g})" if lo is not None else ""
         rows.append((f"gain over {metrics['baseline']}", f"{metrics['gain_over_baseline']:+.2f} points{interval}"))
     if metrics.get("teacher_agreement") is not None:

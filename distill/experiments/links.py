@@ -47,19 +47,18 @@ def find_teacher(run: FinishedRun, runs: list[FinishedRun]) -> FinishedRun | Non
 
 
 def add_gain(run: FinishedRun, store: Predictions) -> None:
-    """Gain over the baseline in points; with both runs' predictions, its 95% interval and McNemar's p."""
+    """Gain over the baseline in points; with both runs' predictions, its 95% interval and McNemar's p (the record
+    the two runs' metrics.json holds when they trained together: stats.gain_record)."""
     row, base = run.row, run.baseline
-    row |= {"gain_over_baseline": None, "gain_interval": None, "mcnemar_p": None, "baseline_run": None}
+    row |= {**dict.fromkeys(stats.GAIN_FIELDS), "baseline_run": None}
     if base is None or run.accuracy is None or base.accuracy is None:
         return
     row["baseline_run"] = base.name
-    row["gain_over_baseline"] = round(100 * (run.accuracy - base.accuracy), 4)
     pair = store.pair(run, base, "no interval or p for its gain")
     if pair is None:
-        return
-    gain, row["mcnemar_p"] = stats.paired_comparison(*((p["top1"] == p["labels"]) for p in pair))
-    if gain.low is not None:
-        row["gain_interval"] = [round(gain.low, 4), round(gain.high, 4)]
+        row |= stats.accuracy_gain_record(run.accuracy, base.accuracy)
+    else:
+        row |= stats.gain_record(*((p["top1"] == p["labels"]) for p in pair))
 
 
 def add_fidelity(run: FinishedRun, store: Predictions) -> None:

@@ -105,10 +105,11 @@ class Method:
         """The options this method runs with, its defaults included (for metrics, checkpoints, HPARAMS)."""
         return dataclasses.asdict(self.options)
 
-    def setup(self, student: Outputs, teacher: Outputs, data: TrainingSet):
+    def setup(self, student: Outputs, teacher: Outputs | None, data: TrainingSet):
         """Build the method's modules from one batch's outputs (their feature shapes) and the training set;
-        None if it has none. Their parameters train with the student's; checkpoints save and restore their
-        whole state (buffers too)."""
+        None if it has none. Called for every method before training; `teacher` is None for a method that needs
+        no teacher. Their parameters train with the student's; checkpoints save and restore their whole state
+        (buffers too)."""
         return None
 
     def __call__(self, student: Outputs, teacher: Outputs | None, batch: Batch):

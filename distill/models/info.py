@@ -2,10 +2,11 @@
 
 FLOP convention: `torch.utils.flop_counter.FlopCounterMode`, which counts 2 FLOPs per
 multiply-accumulate in convolutions and matmuls (BatchNorm, activations and pooling are not
-counted). It is the convention behind the CIFAR "GFLOPs" quoted in shared/notes/recipes.md: measured
-here, resnet20 0.081 (= 2 x 40.6M MACs), resnet56 0.251, resnet8x4 0.354, resnet32x4 2.166 and a
-CIFAR-stem torchvision ResNet50 2.596 GFLOPs per 32x32 image. Halve it for GMACs, which many papers
-also call "FLOPs".
+counted). Measured with `forward_gflops` (`distill models` prints every model's): resnet20 0.081 (= 2 x 40.6M
+MACs), resnet56 0.251, resnet8x4 0.354, resnet32x4 2.166 and a CIFAR-stem torchvision ResNet50 2.596 GFLOPs
+per 32x32 image. Many papers count one FLOP per multiply-add instead (He et al. 2016, "Deep Residual Learning
+for Image Recognition", Table 1: ResNet-50 at 224x224 has "3.8 x 10^9" FLOPs, i.e. multiply-adds): halve our
+figures to compare with those.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ pulls in; imports inside functions are deliberate deferrals and are not edges of
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -94,11 +95,75 @@ def test_the_rules_see_the_imports():
     assert imports_torch("distill.engine.loop") and not imports_torch("distill.front.config")
 
 
-def test_the_readme_layout_names_every_module():
-    """README's Layout is how a newcomer finds a module: it names each one."""
+# A path only this machine has: the notes folder beside the checkout, a home or work folder, a temporary file.
+OUTSIDE = re.compile(r"(?<![\w.])(?:shared/|\.\./|/work/|/home/|/Users/|/tmp/)")
+
+
+def test_the_code_cites_no_file_outside_the_repository():
+    """A source a docstring quotes must be one every reader can open: a paper, a repository, a file in this one."""
+    offenders = sorted(f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in SOURCES.values()
+                       for number, line in enumerate(path.read_text().splitlines(), 1) if OUTSIDE.search(line))
+    assert offenders == []
+
+
+def layout_parts(readme: str) -> dict[str, str]:
+    """README's Layout block by package, as it is laid out: under `distill/`, a line two spaces in that names a
+    folder (`  engine/`) opens that package's part, and every line indented deeper belongs to it; a line two
+    spaces in that names a file (`  stats.py`) is a module at the top of distill/. The part ends at the next line
+    two spaces in; the block's next line at the margin (`teachers/, students/`) ends distill/."""
+    section = readme[readme.index("## Layout"):]
+    lines = section.split("```")[1].splitlines()
+    parts: dict[str, list[str]] = {}
+    package = None
+    for line in lines[lines.index("distill/") + 1:]:
+        indent = len(line) - len(line.lstrip())
+        if line.strip() and indent == 0:
+            break
+        if indent == 2:
+            first = line.split()[0]
+            package = "distill." + first.removesuffix("/") if first.endswith("/") else "distill"
+        if package is not None:
+            parts.setdefault(package, []).append(line)
+    return {name: "\n".join(text) for name, text in parts.items()}
+
+
+LISTED = [p for p in sorted((ROOT / "distill").rglob("*.py")) if p.stem not in ("__init__", "__main__")]
+
+
+def entry(path: Path) -> re.Pattern:
+    """A module's entry: its file name as a whole word (`state.py`, never the `state` of "a run's state", nor
+    the `options.py` of bench/options.py)."""
+    return re.compile(rf"(?<![\w./-]){re.escape(path.name)}\b")
+
+
+def missing_from_layout(parts: dict[str, str]) -> list[str]:
+    """Each module of distill/ whose file name its own package's part of the Layout does not name."""
+    return [str(p.relative_to(ROOT)) for p in LISTED
+            if not entry(p).search(parts.get(module_name(p).rpartition(".")[0], ""))]
+
+
+README_PARTS = layout_parts((ROOT / "README.md").read_text())
+
+
+def test_the_readme_layout_names_every_module_under_its_own_package():
+    """README's Layout is how a newcomer finds a module: it names each one where it lives."""
+    assert set(README_PARTS) == {module_name(p).rpartition(".")[0] for p in LISTED}  # the block read as laid out
+    assert missing_from_layout(README_PARTS) == []
+
+
+def test_a_module_whose_name_is_deleted_is_missing_though_its_description_stays():
+    """engine's `state.py        a run's state and its last.pt/best.pt` without its file name: a bare-name search
+    still finds "state" in the description (and "run", "log", "ops" are everywhere); the entry is gone all the same."""
     readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index("## Layout"):]
-    block = block[:block.index("```", block.index("```") + 3)]
-    missing = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "distill").rglob("*.py")
-                     if p.stem not in ("__init__", "__main__") and p.stem not in block)
-    assert missing == []
+    unnamed = readme.replace("    state.py        a run's state", "                    a run's state")
+    assert unnamed != readme and "state" in unnamed.split("## Layout")[1]
+    assert missing_from_layout(layout_parts(unnamed)) == ["distill/engine/state.py"]
+
+
+def test_each_entry_counts_only_in_its_own_package():
+    """Every module, its entry deleted from its own package's part, is missing: the same name in another part
+    (bench/options.py beside front/options.py) or in a description does not stand in for it."""
+    for path in LISTED:
+        package = module_name(path).rpartition(".")[0]
+        without = {**README_PARTS, package: entry(path).sub("", README_PARTS.get(package, ""))}
+        assert missing_from_layout(without) == [str(path.relative_to(ROOT))]

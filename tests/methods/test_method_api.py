@@ -52,6 +52,47 @@ def test_a_method_file_dropped_into_the_folder_is_found_without_editing_an_impor
     monkeypatch.delitem(sys.modules, "distill.methods.zero")
 
 
+def test_a_method_without_a_teacher_is_set_up_with_the_training_set(monkeypatch):
+    """`setup` is every method's, not only a distilling one's: a teacher-free method that keeps a memory bank (one
+    row per training image) gets the TrainingSet and the student's output shapes, and no teacher."""
+    import dataclasses
+
+    from distill.engine.build import Probe, make_learner
+    from distill.front import config
+    from distill.methods import TrainingSet
+    from distill.methods.base import Method
+    from distill.models import make_spec
+
+    seen = {}
+
+    class Bank(Method):
+        name, summary, needs_teacher = "bank", "a test method: the student's logits kept per training image", False
+
+        def setup(self, student, teacher, data):
+            seen.update(student=student, teacher=teacher, data=data)
+            self.modules = torch.nn.Module()
+            self.modules.register_buffer("bank", torch.zeros(data.size, student.logits.shape[1], device=data.device))
+            return self.modules
+
+        def loss(self, student, teacher, batch):
+            self.modules.bank[batch.indices] = student.logits.detach()
+            ce = self.ce(student.logits, batch.targets)
+            return ce, {"ce": ce}
+
+    monkeypatch.setitem(METHODS, "bank", Bank)
+    baseline = config.resolve(config.StudentConfig, {}, {"arch": "resnet8", "no_teacher": True, "device": "cpu"})
+    cfg = dataclasses.replace(baseline, no_teacher=False, method="bank")  # no teacher: the method needs none
+    data = TrainingSet(42, torch.arange(42) % C, torch.device("cpu"))
+    probe = Probe(torch.rand(2, 3, 16, 16), None, False, data)
+    learner = make_learner(cfg, "bank", make_spec("resnet8", C, 16), ((0.5,) * 3, (0.25,) * 3), torch.device("cpu"),
+                           False, 5, pretrained=True, probe=probe)
+    assert seen["data"] is data and seen["teacher"] is None and seen["student"].logits.shape == (2, C)
+    assert learner.method.modules.bank.shape == (42, C)
+    z, rows = logits(batch=3), torch.tensor([4, 0, 41])
+    learner.method(Outputs(z), None, Batch(one_hot(torch.arange(3)), 0.5, rows))
+    torch.testing.assert_close(learner.method.modules.bank[rows], z)  # its rows, by dataset position
+
+
 def test_a_flag_shared_by_methods_means_the_same_thing_in_each():
     """--alpha once meant KD's weight in kd and TCKD's in dkd: a name two methods declare must share its help."""
     import dataclasses
