@@ -16,6 +16,10 @@ TEACHER_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50
 STUDENT_ARCHS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
                  "resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13",
                  "mobilenetv2", "shufflenetv1", "shufflenetv2")
+# A teacher (a torchvision ResNet) from the bottom, stage by stage, each named by its top-level modules, the head
+# last: what fine-tuning schedules freeze and unfreeze and layer-wise decay scales (teachers/__init__.py), and what
+# the command line counts to check that --unfreeze gradual reaches every stage within --epochs.
+TEACHER_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",), ("fc",))
 # Teachers' first layers: cifar (3x3 stride 1, no max-pool) or torchvision's imagenet stem.
 STEMS = ("cifar", "imagenet")
 # Either family can be trained by `distill teach` or `distill student`, and any trained model can teach.
