@@ -1,4 +1,4 @@
-"""CIFAR ResNets (He et al. 2016, section 4.2) and RepDistiller's 4x-wide variants.
+"""CIFAR ResNets (He et al. 2016, section 4.2), RepDistiller's thin variants of them and its 4x-wide ones.
 
 depth = 6n + 2: a 3x3 stem conv, three stages of n BasicBlocks (the first block of stages 2 and 3
 has stride 2), global average pooling and a linear head.
@@ -6,10 +6,15 @@ has stride 2), global average pooling and a linear head.
 Shortcuts where a block changes shape:
 - "A" (He et al. for CIFAR): subsample and zero-pad the new channels; parameter-free.
 - "B" (RepDistiller): 1x1 conv + BN projection.
-The thin nets use "A" and the x4 nets "B" because those are the definitions behind the published
-parameter counts: with "B" the thin nets gain 2,752 parameters, which lifts resnet32 to 0.467M and
-resnet56 to 0.856M, off the published 0.46M and 0.85M. Pass shortcut="B" to CifarResNet to get
-RepDistiller's thin nets.
+
+The registered nets:
+- resnet8, resnet14, resnet20, resnet32, resnet44, resnet56, resnet110: He et al.'s, with "A" shortcuts, the
+  definition behind their published parameter counts (resnet20 0.27M, resnet56 0.85M at 10 classes);
+- resnet8b ... resnet110b ("b" for the "B" shortcuts): the same depths as RepDistiller's models/resnet.py builds
+  them, the networks of its resnet56 -> resnet20, resnet110 -> resnet20 and resnet110 -> resnet32 rows. The two
+  projections (16 -> 32 and 32 -> 64 channels) add 2,752 parameters: resnet20b has 272,474 at 10 classes
+  (resnet20 269,722), resnet56b 855,770 (resnet56 853,018), as RepDistiller's code counts them;
+- resnet8x4, resnet32x4: RepDistiller's 4x-wide nets, "B" shortcuts (its only definition).
 """
 
 from __future__ import annotations
@@ -93,5 +98,6 @@ def _register(name: str, depth: int, widths: Widths, shortcut: Shortcut) -> None
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
     _register(f"resnet{_depth}", _depth, THIN, "A")
+    _register(f"resnet{_depth}b", _depth, THIN, "B")
 for _depth in (8, 32):
     _register(f"resnet{_depth}x4", _depth, WIDE_X4, "B")

@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from distill.errors import UserError
-from distill.front.names import STEMS, TEACHER_ARCHS
+from distill.front.names import STEMS, TEACHER_ARCHS, TEACHER_STAGES
 from distill.registry import Registry
 
 TEACHERS: Registry[nn.Module] = Registry("teacher arch", declared=TEACHER_ARCHS)
@@ -42,9 +42,8 @@ def build_torchvision(arch: str, num_classes: int = 10, stem: str = "cifar", wei
     return model
 
 
-# A torchvision ResNet from the bottom, stage by stage (each named by its top-level modules), the head last: what
-# fine-tuning schedules freeze and unfreeze, and what layer-wise learning-rate decay scales.
-STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",), ("fc",))
+# A torchvision ResNet from the bottom, stage by stage, the head last (declared torch-free for the command line).
+STAGES = TEACHER_STAGES
 HEAD_STAGE = len(STAGES) - 1
 
 

@@ -127,7 +127,8 @@ class Freezing:
 
 def make_freezing(cfg: C.TrainConfig, stage_of: StageOf | None, depth: int) -> Freezing | None:
     """The schedule's frozen stages: after --freeze-epochs all at once, or (gradual) layer4 first and one more
-    stage below each epoch (ULMFiT). None when nothing is ever frozen."""
+    stage below each epoch (ULMFiT), the stem in epoch freeze_epochs + depth (from 1), which the command line
+    holds within --epochs (config.check_gradual). None when nothing is ever frozen."""
     freeze_epochs, unfreeze = getattr(cfg, "freeze_epochs", 0), getattr(cfg, "unfreeze", "all")
     freeze_bn = getattr(cfg, "freeze_bn", False)
     if stage_of is None or not (freeze_epochs or unfreeze != "all" or freeze_bn):

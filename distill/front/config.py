@@ -18,7 +18,7 @@ from pathlib import Path
 from distill.augment.spec import parse_augment, parse_mix
 from distill.errors import UserError
 from distill.methods import METHODS, all_option_names, method_names, option_type, resolve_options
-from distill.front.names import ARCHS, DATASETS, STEMS
+from distill.front.names import ARCHS, DATASETS, STEMS, TEACHER_STAGES
 from distill.front.options import AT_LEAST_1, MIN_IMAGE_SIZE, NON_NEGATIVE, POSITIVE, Range, dash, opt
 
 # The learning-rate schedules after the warm-up; distill/engine/optim.py implements each.
@@ -101,7 +101,7 @@ class TeachConfig(TrainConfig):
     backbone_lr_scale: float = opt(0.1, "Learning-rate factor for pretrained backbone layers (the new head, and a stem derived from ImageNet's, use the full --lr); without --layer-decay.", within=POSITIVE)
     # Fine-tuning schedules: each needs --weights (a model trained from scratch has no features to keep).
     freeze_epochs: int = opt(0, "Epochs at the start in which only the new head trains: every pretrained stage is frozen, its weights and its BatchNorm statistics (a linear probe on the pretrained features). Then --unfreeze says how the stages rejoin. Needs --weights.", within=NON_NEGATIVE)
-    unfreeze: str = opt("all", "After --freeze-epochs: 'all' unfreezes every stage at once; 'gradual' one stage per epoch from the top, layer4 first and the stem last (ULMFiT's gradual unfreezing, Howard & Ruder 2018: the most general features change last); 'lp-ft' every stage at once and the head too at --lr x --backbone-lr-scale (linear probe then fine-tune, Kumar et al. 2022, 'Fine-Tuning can Distort Pretrained Features': a head fitted first distorts the features less than a random one, most of all out of distribution).", ("all", "gradual", "lp-ft"))
+    unfreeze: str = opt("all", "After --freeze-epochs: 'all' unfreezes every stage at once; 'gradual' one stage per epoch from the top, layer4 first and the stem last, in epoch --freeze-epochs + 5 (--epochs must reach it; ULMFiT's gradual unfreezing, Howard & Ruder 2018: the most general features change last); 'lp-ft' every stage at once and the head too at --lr x --backbone-lr-scale (linear probe then fine-tune, Kumar et al. 2022, 'Fine-Tuning can Distort Pretrained Features': a head fitted first distorts the features less than a random one, most of all out of distribution).", ("all", "gradual", "lp-ft"))
     layer_decay: float = opt(1.0, "Layer-wise learning-rate decay (timm's layer_decay, after BEiT): pretrained stage i of d trains at --lr x decay^(d - i), layer4 at --lr x decay, the stem at --lr x decay^d, the head at --lr: early layers hold general features and move least. Replaces --backbone-lr-scale; 1: off. Needs --weights.", within=Range(0, 1, low_open=True))
     freeze_bn: bool = opt(False, "Keep every BatchNorm layer in eval mode: its running statistics stay the pretrained ones (timm's freeze_bn and torchvision's FrozenBatchNorm2d do so too, and also fix the affine scale and shift, which train here). For small batches, whose statistics are noisy. Needs --weights.")
 
@@ -133,6 +133,28 @@ def check_finetune(cfg: TeachConfig) -> None:
     if cfg.unfreeze == "lp-ft" and cfg.layer_decay != 1:
         raise UserError("--unfreeze lp-ft fine-tunes every layer at one rate, --layer-decay gives each its own: "
                         "choose one")
+    if cfg.layer_decay != 1 and cfg.backbone_lr_scale != TeachConfig.backbone_lr_scale:
+        raise UserError(f"--layer-decay {cfg.layer_decay:g} sets every pretrained layer's rate and replaces "
+                        f"--backbone-lr-scale {cfg.backbone_lr_scale:g}, which would be ignored: choose one")
+    if cfg.unfreeze == "gradual":
+        check_gradual(cfg.freeze_epochs, cfg.epochs)
+
+
+def check_gradual(freeze_epochs: int, epochs: int) -> None:
+    """Gradual unfreezing thaws one pretrained stage per epoch after --freeze-epochs, layer4 first and the stem
+    last: a run whose --epochs end before a stage's turn would leave it pretrained without a word."""
+    pretrained = [members[0] for members in TEACHER_STAGES[:-1]]  # the head trains from the start
+    last_thaw = freeze_epochs + len(pretrained)  # the epoch (from 1) in which the stem starts training
+    if epochs >= last_thaw:
+        return
+    *others, last = ["the stem", *pretrained[1:]][:last_thaw - epochs]
+    never = f"{', '.join(others)} and {last}" if others else last
+    fix = f"--epochs {last_thaw} or more"
+    if epochs >= len(pretrained):
+        fix += f", or --freeze-epochs {epochs - len(pretrained)} or less"
+    raise UserError(f"--unfreeze gradual after --freeze-epochs {freeze_epochs} thaws one stage per epoch, the stem "
+                    f"last in epoch {last_thaw}: within --epochs {epochs}, {never} would never train; "
+                    f"set {fix}")
 
 
 def finetune_text(settings: dict) -> str:

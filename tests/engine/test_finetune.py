@@ -73,7 +73,9 @@ def finetune_args(data, out, weights, epochs, *extra):
 
 @pytest.mark.parametrize("unfreeze, moved", [
     ("all", [{HEAD}, EVERY_STAGE]),
-    ("gradual", [{HEAD}, {4, HEAD}, {3, 4, HEAD}]),  # ULMFiT: layer4 joins first, then one stage below per epoch
+    # ULMFiT: layer4 joins first, then one stage below per epoch, the stem in the last epoch (the fewest that let
+    # every stage train after the frozen one: check_gradual refuses fewer)
+    ("gradual", [{HEAD}, {4, HEAD}, {3, 4, HEAD}, {2, 3, 4, HEAD}, {1, 2, 3, 4, HEAD}, EVERY_STAGE]),
 ])
 def test_frozen_stages_stay_bit_identical_until_they_unfreeze(cli, tiny_data, tmp_path, pretrained, epochs_seen,
                                                               unfreeze, moved):
@@ -146,14 +148,15 @@ def test_layer_decay_gives_each_stage_its_rate_in_the_optimizers_param_groups(pr
     assert decayed == {0.0}  # still none on BatchNorm and biases
 
 
-@pytest.mark.parametrize("schedule, stops", [
-    (["--freeze-epochs", 1, "--unfreeze", "gradual", "--freeze-bn"], ((2, "epoch 1 step 2"), (5, "epoch 2 step 2"))),
-    (["--freeze-epochs", 1, "--unfreeze", "lp-ft"], ((2, "epoch 1 step 2"), (5, "epoch 2 step 2"))),
+@pytest.mark.parametrize("schedule, epochs", [
+    # layer4 and the head, then layer3 joins, ...: the stem's epoch is the last (fewer are refused)
+    (["--freeze-epochs", 0, "--unfreeze", "gradual", "--freeze-bn"], 5),
+    (["--freeze-epochs", 1, "--unfreeze", "lp-ft"], 2),  # the probe, then everything
 ], ids=["gradual", "lp-ft"])
 def test_a_run_resumed_in_the_middle_of_each_phase_ends_bit_for_bit_as_the_uninterrupted_one(
-        cli, tiny_data, tmp_path, pretrained, monkeypatch, schedule, stops):
+        cli, tiny_data, tmp_path, pretrained, monkeypatch, schedule, epochs):
     path, _ = pretrained
-    epochs = 2  # the frozen phase, then the next one
+    stops = ((2, "epoch 1 step 2"), (5, "epoch 2 step 2"))  # in the first phase, then in the second
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
     recipe = ["--deterministic", "--augment", "default,mixup=0.2", *schedule]
     assert cli(*finetune_args(tiny_data, whole, path, epochs, *recipe)).code == 0
@@ -175,8 +178,8 @@ def test_a_resume_may_not_change_the_schedule(cli, tiny_data, tmp_path, pretrain
         signal_after_steps(m, 2, signal.SIGINT)
         assert cli(*finetune_args(tiny_data, out, path, 3, "--freeze-epochs", 1, "--unfreeze", "lp-ft")).code == 130
     before = file_digest(out / "last.pt")
-    assert_one_line_error(cli("teach", "--out", out, "--resume", "--freeze-epochs", "2", "--unfreeze", "gradual"),
-                          "freeze_epochs: 1 -> 2", "unfreeze: 'lp-ft' -> 'gradual'")
+    assert_one_line_error(cli("teach", "--out", out, "--resume", "--freeze-epochs", "2", "--unfreeze", "all"),
+                          "freeze_epochs: 1 -> 2", "unfreeze: 'lp-ft' -> 'all'")
     assert_one_line_error(cli("teach", "--out", out, "--resume", "--layer-decay", "0.5", "--unfreeze", "all"),
                           "layer_decay: 1.0 -> 0.5")
     assert_one_line_error(cli("teach", "--out", out, "--resume", "--freeze-bn"), "freeze_bn: False -> True")
@@ -192,6 +195,15 @@ def test_a_resume_may_not_change_the_schedule(cli, tiny_data, tmp_path, pretrain
     (["--weights", "w.pth", "--freeze-epochs", "2"], "--freeze-epochs 2 leaves none of the 2 --epochs"),
     (["--weights", "w.pth", "--freeze-epochs", "1", "--unfreeze", "lp-ft", "--layer-decay", "0.5"],
      "--unfreeze lp-ft fine-tunes every layer at one rate"),
+    (["--weights", "w.pth", "--layer-decay", "0.5", "--backbone-lr-scale", "0.2"],
+     "--layer-decay 0.5 sets every pretrained layer's rate and replaces --backbone-lr-scale 0.2, which would be "
+     "ignored: choose one"),
+    (["--weights", "w.pth", "--freeze-epochs", "1", "--unfreeze", "gradual"],  # --epochs 2
+     "--unfreeze gradual after --freeze-epochs 1 thaws one stage per epoch, the stem last in epoch 6: within "
+     "--epochs 2, the stem, layer1, layer2 and layer3 would never train; set --epochs 6 or more"),
+    (["--weights", "w.pth", "--epochs", "7", "--freeze-epochs", "3", "--unfreeze", "gradual"],
+     "the stem last in epoch 8: within --epochs 7, the stem would never train; set --epochs 8 or more, or "
+     "--freeze-epochs 2 or less"),
     (["--layer-decay", "0"], "--layer-decay must be in (0, 1]"),
 ])
 def test_a_schedule_that_makes_no_sense_is_refused_in_one_line(cli, tiny_data, tmp_path, extra, needle):
