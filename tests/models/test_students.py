@@ -32,7 +32,8 @@ PUBLISHED_PARAMS = {
     ("resnet8x4", 100): (1.23, 2),
     ("resnet32x4", 100): (7.43, 2),
 }
-# Forward GFLOPs per 32x32 image, 2 FLOPs per multiply-add (shared/notes/recipes.md).
+# Forward GFLOPs per 32x32 image, 2 FLOPs per multiply-add: the figures commonly quoted for these nets (one
+# multiply-add of each conv and linear weight per output position, which forward_gflops counts too).
 PUBLISHED_GFLOPS = {"resnet20": 0.08, "resnet56": 0.25, "resnet8x4": 0.35, "resnet32x4": 2.17}
 # Computed from the anchors' code: HobbitLong/RepDistiller models/ at b84f547 (mdistiller's
 # mdistiller/models/cifar at a08d46f gives the same), sum of p.numel() of model_dict[name](num_classes=C), for
