@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from distill.engine import checkpoint as ckpt_io
+from distill.engine.folder import resume_command
 from distill.engine.state import RESUME_FREE, RESUME_RECORDED
 from distill.errors import UserError
 from distill.front import config as C
@@ -28,6 +29,7 @@ GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "classes", "val_s
 
 def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str] | None, path: Path) -> None:
     """Refuse, in one line listing every difference, to continue a run with settings it cannot take."""
+    check_role(ck, cfg, path)
     saved, now = recipe(ck["config"], cfg), recipe(C.to_dict(cfg), cfg)
     if saved.get("data"):  # runs before 2026-11-27 stored --data as typed: relative to where they were started
         saved["data"] = str(Path(saved["data"]).expanduser().resolve())
@@ -39,6 +41,18 @@ def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str] | None, path: 
     if diffs:
         raise UserError(f"cannot resume {path} with changed settings ({'; '.join(diffs)}): "
                         f"restore them, or start a new run with --force or another --out")
+
+
+def check_role(ck: dict, cfg: C.TrainConfig, path: Path) -> None:
+    """A teacher, a student and a baseline are different runs: one is never continued as another (the command's
+    own settings would hide what the checkpoint was, and its records would change role half-way)."""
+    role = ck.get("role")
+    if role is None or role == cfg.role:  # a checkpoint that does not say: its settings are compared as they are
+        return
+    method = f" ({ck['config'].get('method')})" if role == "student" else ""
+    command = "teach" if role == "teacher" else "student"
+    raise UserError(f"{path} holds a {role} run{method}, not a {cfg.role} run: resume it with "
+                    f"{resume_command(command, path)}")
 
 
 def recipe(values: dict, cfg: C.TrainConfig) -> dict:

@@ -136,3 +136,25 @@ def test_a_pipeline_whose_file_changed_does_not_resume_its_stage_with_the_new_re
     config.write_text(text.replace("[[students]]\n", "[[students]]\ntemperature = 1.0\n"))
     assert_one_line_error(cli(*args), "cannot resume", "student-resnet8-kd", "'temperature': 1.0")
 
+
+
+def test_a_resume_never_continues_one_kind_of_run_as_another(cli, tiny_data, tmp_path):
+    """A student's (or a baseline's) folder resumed with `teach` would go on as plain cross-entropy and be
+    recorded as a teacher; a teacher's resumed with `student` as a distilled run: each is refused, naming the
+    command that does continue it, before any other difference, and the folder is left as it was."""
+    teacher, student, baseline = (tmp_path / name for name in ("teacher", "student", "baseline"))
+    assert cli(*run_args("teach", tiny_data, teacher, 1)).code == 0
+    assert cli(*run_args("student", tiny_data, student, 1, "--teacher", teacher / "best.pt")).code == 0
+    assert cli(*run_args("student", tiny_data, baseline, 1, "--no-teacher")).code == 0
+    files = ("last.pt", "best.pt", "config.json", "metrics.json")
+    before = {out / name: (out / name).read_bytes() for out in (teacher, student, baseline) for name in files}
+
+    assert_one_line_error(cli("teach", "--out", student, "--resume", "--epochs", "2"),
+                          f"{student} holds a student run (kd)", f"resume it with distill student --out {student} "
+                          "--resume")
+    assert_one_line_error(cli("teach", "--out", baseline, "--resume", "--epochs", "2"),
+                          f"{baseline} holds a baseline run", f"distill student --out {baseline} --resume")
+    result = cli("student", "--out", teacher, "--resume", "--teacher", teacher / "best.pt", "--epochs", "2")
+    assert_one_line_error(result, f"{teacher} holds a teacher run", f"distill teach --out {teacher} --resume")
+    assert "is not the checkpoint that taught" not in result.err
+    assert {path: path.read_bytes() for path in before} == before
