@@ -130,6 +130,7 @@ def evaluate_command(
 
     require_checkpoint(checkpoint)
     C.check_data(data, download=None)
+    C.check_cache_dir(cache_dir)
     # Only now torch: the options and paths above were checked without it.
     from distill.engine.device import resolve_device
     from distill.engine.evaluate import evaluate_checkpoint
