@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from distill.engine import checkpoint as ckpt_io
-from distill.engine.folder import resume_command
+from distill.engine.folder import check_kind
 from distill.engine.state import RESUME_FREE, RESUME_RECORDED
 from distill.errors import UserError
 from distill.front import config as C
@@ -29,7 +29,9 @@ GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "classes", "val_s
 
 def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str] | None, path: Path) -> None:
     """Refuse, in one line listing every difference, to continue a run with settings it cannot take."""
-    check_role(ck, cfg, path)
+    # The kind of run first (teacher, student, baseline): the settings compared below are the command's kind's, and a
+    # teacher's command would compare no method and no teacher of a student's checkpoint.
+    check_kind(path, ck.get("role"), ck["config"].get("method"), (cfg.role,))
     saved, now = recipe(ck["config"], cfg), recipe(C.to_dict(cfg), cfg)
     if saved.get("data"):  # runs before 2026-11-27 stored --data as typed: relative to where they were started
         saved["data"] = str(Path(saved["data"]).expanduser().resolve())
@@ -41,18 +43,6 @@ def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str] | None, path: 
     if diffs:
         raise UserError(f"cannot resume {path} with changed settings ({'; '.join(diffs)}): "
                         f"restore them, or start a new run with --force or another --out")
-
-
-def check_role(ck: dict, cfg: C.TrainConfig, path: Path) -> None:
-    """A teacher, a student and a baseline are different runs: one is never continued as another (the command's
-    own settings would hide what the checkpoint was, and its records would change role half-way)."""
-    role = ck.get("role")
-    if role is None or role == cfg.role:  # a checkpoint that does not say: its settings are compared as they are
-        return
-    method = f" ({ck['config'].get('method')})" if role == "student" else ""
-    command = "teach" if role == "teacher" else "student"
-    raise UserError(f"{path} holds a {role} run{method}, not a {cfg.role} run: resume it with "
-                    f"{resume_command(command, path)}")
 
 
 def recipe(values: dict, cfg: C.TrainConfig) -> dict:

@@ -11,6 +11,9 @@ import pytest
 
 from conftest import file_digest
 from distill.engine.checkpoint import load_checkpoint
+from distill.engine.checks import check_resume
+from distill.errors import UserError
+from distill.front import config as C
 from distill.engine.optim import lr_factor
 from runhelpers import assert_one_line_error, assert_same, before_steps_from_epoch, run_args, signal_after_steps
 from test_teach import scalars
@@ -157,4 +160,13 @@ def test_a_resume_never_continues_one_kind_of_run_as_another(cli, tiny_data, tmp
     result = cli("student", "--out", teacher, "--resume", "--teacher", teacher / "best.pt", "--epochs", "2")
     assert_one_line_error(result, f"{teacher} holds a teacher run", f"distill teach --out {teacher} --resume")
     assert "is not the checkpoint that taught" not in result.err
+    assert_one_line_error(cli("student", "--out", teacher, "--resume"),  # not "--method kd needs --teacher"
+                          f"{teacher} holds a teacher run: resume it with distill teach --out {teacher} --resume")
+    # A baseline made a student by the options: the checkpoint's own role is checked before training.
+    assert_one_line_error(cli("student", "--out", baseline, "--resume", "--with-teacher", "--teacher",
+                              teacher / "best.pt"), f"{baseline} holds a baseline run: resume it with distill student")
     assert {path: path.read_bytes() for path in before} == before
+    # And so it is for a run resumed from Python (a pipeline's stage), whatever its config.json says.
+    as_teacher = C.resolve(C.TeachConfig, {"data": str(tiny_data), "out": str(student), "resume": True})
+    with pytest.raises(UserError, match=f"^{student} holds a student run \\(kd\\): resume it with distill student"):
+        check_resume(load_checkpoint(student / "last.pt"), as_teacher, None, student)
