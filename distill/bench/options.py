@@ -9,6 +9,7 @@ import torch
 
 from distill.errors import UserError
 from distill.front import config as C
+from distill.front.options import AT_LEAST_1, NON_NEGATIVE, Range
 
 
 MODES = ("train", "infer", "distill")
@@ -46,9 +47,11 @@ class BenchOptions:
     runtimes: list[str] = field(default_factory=lambda: ["torch"])  # of --mode infer: see check_runtimes
 
 
-def _at_least(name: str, value: int, low: int) -> int:
-    if value < low:
-        raise UserError(f"--{name} must be at least {low} (got {value})")
+def _in_range(name: str, value: int | None, default: int, within: Range) -> int:
+    """The value given (else the device's default), in the range the training options use: bounded above too, so
+    that a 400-digit --steps is refused instead of running until killed."""
+    value = default if value is None else value
+    within.check(name, value)
     return value
 
 
@@ -77,12 +80,12 @@ def bench_options(archs: list[str] | None, modes: list[str] | None, batch_size: 
     runtimes = check_runtimes(runtimes, modes, dev, precision)
     return BenchOptions(
         archs=archs, modes=modes, device=dev,
-        batch_size=_at_least("batch-size", default_batch if batch_size is None else batch_size, 1),
+        batch_size=_in_range("batch_size", batch_size, default_batch, AT_LEAST_1),
         precision="bf16" if precision == "bf16" or (precision == "auto" and cuda) else "fp32",
         channels_last=cuda if channels_last is None else channels_last, compile=compile, compile_mode=compile_mode,
-        teacher_arch=teacher_arch, warmup=_at_least("warmup", default_warmup if warmup is None else warmup, 0),
-        steps=_at_least("steps", default_steps if steps is None else steps, 1), reference=reference,
-        num_workers=_at_least("num-workers", min(8, os.cpu_count() or 1) if num_workers is None else num_workers, 0),
+        teacher_arch=teacher_arch, warmup=_in_range("warmup", warmup, default_warmup, NON_NEGATIVE),
+        steps=_in_range("steps", steps, default_steps, AT_LEAST_1), reference=reference,
+        num_workers=_in_range("num_workers", num_workers, min(8, os.cpu_count() or 1), NON_NEGATIVE),
         data=data, runtimes=runtimes)
 
 

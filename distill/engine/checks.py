@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from distill.engine import checkpoint as ckpt_io
+from distill.engine.folder import check_kind
 from distill.engine.state import RESUME_FREE, RESUME_RECORDED
 from distill.errors import UserError
 from distill.front import config as C
@@ -28,6 +29,9 @@ GROUP_SHARED = ("data", "download", "cache_dir", "image_size", "classes", "val_s
 
 def check_resume(ck: dict, cfg: C.TrainConfig, classes: list[str] | None, path: Path) -> None:
     """Refuse, in one line listing every difference, to continue a run with settings it cannot take."""
+    # The kind of run first (teacher, student, baseline): the settings compared below are the command's kind's, and a
+    # teacher's command would compare no method and no teacher of a student's checkpoint.
+    check_kind(path, ck.get("role"), ck["config"].get("method"), (cfg.role,))
     saved, now = recipe(ck["config"], cfg), recipe(C.to_dict(cfg), cfg)
     if saved.get("data"):  # runs before 2026-11-27 stored --data as typed: relative to where they were started
         saved["data"] = str(Path(saved["data"]).expanduser().resolve())

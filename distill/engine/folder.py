@@ -108,3 +108,16 @@ def make_out(cfg: C.TrainConfig, out: Path) -> RunLock:
 def resume_command(command: str, out: Path, launcher: str = "") -> str:
     """The command that continues a run, quoted for a shell (folders may hold spaces)."""
     return f"{launcher}distill {command} --out {shlex.quote(str(out))} --resume"
+
+
+# The command that starts, and so continues, each kind of run.
+COMMAND_OF_ROLE = {"teacher": "teach", "student": "student", "baseline": "student"}
+
+
+def check_kind(out: Path, held: object, method: object, continued_as: tuple[str, ...]) -> None:
+    """A run is continued only as the kind of run it is (teacher, student, baseline): as another, the command's own
+    settings would hide what it was (a student's method, its teacher) and its records would change role half-way."""
+    if held not in COMMAND_OF_ROLE or held in continued_as:
+        return  # a record that names no kind (older, or edited): its settings are compared one by one instead
+    how = f" ({method})" if held == "student" else ""
+    raise UserError(f"{out} holds a {held} run{how}: resume it with {resume_command(COMMAND_OF_ROLE[held], out)}")

@@ -28,18 +28,20 @@ from distill.experiments.compare import compare, print_comparison
 from distill.text import minutes
 from distill.errors import UserError
 from distill.engine.checkpoint import load_checkpoint
-from distill.engine.checks import GROUP_SHARED
+from distill.engine.build import with_resolved_data
+from distill.engine.checks import GROUP_SHARED, RESUME_FREE
 from distill.experiments.plan import (Pipeline, Stage, check_data_paths, load_pipeline,  # noqa: F401  (re-exported)
                                    pending_configs, stage_status)
 from distill.engine.run import train_group
 
 
 def changed_settings(stage: Stage, out: Path) -> list[str]:
-    """Options of a finished stage that differ from the file now: it is skipped all the same, so say so."""
+    """Options of a finished stage that differ from the file now: it is skipped all the same, so say so. Compared
+    as a run records them (--data resolved), and only those a resume could not change freely (not --device)."""
     path = out / stage.name / "config.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    planned = C.to_dict(stage.config(out))
-    return [k for k, v in planned.items() if k not in C.NOT_COMPUTED and k in saved and saved[k] != v]
+    planned = C.to_dict(with_resolved_data(stage.config(out)))
+    return [k for k, v in planned.items() if k not in RESUME_FREE and k in saved and saved[k] != v]
 
 
 def skip(stage: Stage, out: Path, console: Console) -> dict:

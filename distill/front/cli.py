@@ -52,7 +52,7 @@ def saved_config(cls, cli_values: dict) -> dict:
     if not cli_values.get("resume"):
         return {}
     cfg = cls(**{k: v for k, v in cli_values.items() if v is not None})
-    from distill.engine.folder import default_out
+    from distill.engine.folder import check_kind, default_out  # torch-free
 
     path = Path(cfg.out or default_out(cfg)) / "config.json"
     if not path.is_file():
@@ -63,6 +63,10 @@ def saved_config(cls, cli_values: dict) -> dict:
             raise ValueError(f"a JSON {type(saved).__name__}, not an object")
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} is unreadable ({exc}): restore it, or pass every option again with --force") from None
+    # `teach` on a student's folder would read none of its student settings: refused before they are dropped (the
+    # checkpoint's own role is checked again before training, with the student/baseline difference).
+    kinds = ("teacher",) if issubclass(cls, C.TeachConfig) else ("student", "baseline")
+    check_kind(path.parent, saved.get("role"), saved.get("method"), kinds)
     names = {f.name for f in dataclasses.fields(cls)} - set(C.NOT_COMPUTED)
     # A hand-edited config.json is checked like a config file: a wrong type is one line, not a traceback.
     return C.values_from_mapping(cls, {k: v for k, v in saved.items() if k in names and v is not None}, str(path))
@@ -130,6 +134,7 @@ def evaluate_command(
 
     require_checkpoint(checkpoint)
     C.check_data(data, download=None)
+    C.check_cache_dir(cache_dir)
     # Only now torch: the options and paths above were checked without it.
     from distill.engine.device import resolve_device
     from distill.engine.evaluate import evaluate_checkpoint

@@ -18,7 +18,7 @@ from pathlib import Path
 from distill.augment.spec import parse_augment, parse_mix
 from distill.errors import UserError
 from distill.methods import METHODS, all_option_names, method_names, option_type, resolve_options
-from distill.front.names import ARCHS, DATASETS, STEMS, TEACHER_STAGES
+from distill.front.names import ARCHS, DATASETS, STEMS, TEACHER_STAGES, TEACHER_WEIGHTS
 from distill.front.options import AT_LEAST_1, MIN_IMAGE_SIZE, NON_NEGATIVE, POSITIVE, Range, dash, opt
 
 # The learning-rate schedules after the warm-up; distill/engine/optim.py implements each.
@@ -312,6 +312,8 @@ def check_paths(cfg: TrainConfig) -> None:
     """Files a command-line run reads must exist before torch is imported. Not part of validate: a pipeline
     plans (and validates) its students before their teacher's checkpoint is written."""
     check_data(cfg.data, cfg.download)
+    check_cache_dir(cfg.cache_dir)
+    check_weights(getattr(cfg, "weights", "none"), cfg.arch)
     teacher = getattr(cfg, "teacher", None)
     if teacher and cfg.effective_method != "none" and not Path(teacher).expanduser().is_file():
         raise UserError(f"--teacher checkpoint {teacher} not found: check the path")
@@ -322,6 +324,31 @@ def check_data(data: str | None, download: bool | None) -> None:
     if data and not download and not Path(data).expanduser().exists():
         fetch = "" if download is None else ", or add --download to fetch the --dataset into it"
         raise UserError(f"data path {data} does not exist; pass --data with an existing file or folder{fetch}")
+
+
+def check_cache_dir(cache_dir: str | None) -> None:
+    """--cache-dir is a folder, or made one: a file there would be found only when the decoded images are saved."""
+    if cache_dir and Path(cache_dir).expanduser().exists() and not Path(cache_dir).expanduser().is_dir():
+        raise UserError(f"--cache-dir {cache_dir} is a file, not a folder: choose another --cache-dir")
+
+
+def check_weights(weights: str, arch: str) -> None:
+    """--weights names the pretrained weights of a teacher arch or an existing file (a file of that name would be
+    read only after torch is imported and the data decoded)."""
+    if weights == "none":
+        return
+    if arch not in TEACHER_WEIGHTS:
+        raise UserError(f"--weights applies to teachers only; {arch} is a student: use --weights none")
+    names = TEACHER_WEIGHTS[arch]
+    path = Path(weights).expanduser()
+    if weights.lower() in names or path.is_file():
+        return
+    choices = f"none, {', '.join(names)}"
+    if path.exists():
+        raise UserError(f"--weights {weights} is not a regular file: pass a state_dict file, a run's best.pt, or one "
+                        f"of: {choices}")
+    raise UserError(f"--weights '{weights}' is neither a file nor one of: {choices} ({arch}'s names): check the "
+                    f"path or the name")
 
 
 FIELD_CHOICES = {

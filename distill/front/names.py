@@ -11,6 +11,13 @@ from __future__ import annotations
 
 # torchvision ResNets (teachers/__init__.py builds them by these names).
 TEACHER_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2")
+# The pretrained weights `--weights` may name for each teacher besides a file: torchvision's, lower-case, `imagenet`
+# being its DEFAULT (teachers/__init__.py's weight_choices reads them from torchvision; tests/front/test_cli.py
+# checks that the two agree). Named here so that a typo answers before torch is imported.
+TEACHER_WEIGHTS = {"resnet18": ("imagenet", "imagenet1k_v1"), "resnet34": ("imagenet", "imagenet1k_v1"),
+                   "resnet50": ("imagenet", "imagenet1k_v1", "imagenet1k_v2"),
+                   "resnet101": ("imagenet", "imagenet1k_v1", "imagenet1k_v2"),
+                   "wide_resnet50_2": ("imagenet", "imagenet1k_v1", "imagenet1k_v2")}
 # CIFAR ResNets of He et al. (parameter-free shortcuts), RepDistiller's thin ones (1x1 projection shortcuts: the
 # "b" names) and its 4x-wide ones (students/resnet_cifar.py), and the other students of RepDistiller's /
 # mdistiller's CIFAR tables (students/wrn.py, vgg.py, mobilenetv2.py, shufflenet.py).

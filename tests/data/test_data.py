@@ -112,6 +112,10 @@ LAYOUTS = {
     "folder with cifar-10-python.tar.gz": lambda t: write_tar(
         write_cifar(t / "c"), (t / "dl").mkdir() or t / "dl" / "cifar-10-python.tar.gz", "cifar-10-batches-py"
     ).parent,
+    # A shared data folder as the README's: the JPEG copy of CIFAR-10 packed as an image-folder tree.
+    "folder with tree.tar.gz": lambda t: write_tar(
+        write_tree(t / "tree"), (t / "shared").mkdir() or t / "shared" / "cifar10-jpeg.tar.gz", "cifar10-jpeg"
+    ).parent,
 }
 
 
@@ -312,13 +316,16 @@ def test_default_honours_distill_data_and_reuses_without_network(tmp_path, monke
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_distill_data_takes_every_layout_data_takes_without_network(tmp_path, monkeypatch, layout):
-    """A JPEG archive, a folder holding an image-folder .tar.gz, a tree: $DISTILL_DATA is --data without the flag."""
-    offline(monkeypatch)
+    """A JPEG archive, a folder holding an image-folder .tar.gz, a tree: $DISTILL_DATA is --data without the flag,
+    never a folder to download into (the fake download would give the same images: only its calls tell)."""
+    calls = fake_download(monkeypatch)
     data = LAYOUTS[layout](tmp_path)
+    before = sorted(data.rglob("*"))
     monkeypatch.setenv("DISTILL_DATA", str(data))
     ds = load_dataset(None, cache_dir=tmp_path / "cache")
     assert_expected(ds)
     assert Path(ds.path).is_relative_to(data.resolve())  # what a run records, to load the same data again
+    assert calls == [] and sorted(data.rglob("*")) == before  # nothing downloaded, nothing written there
 
 
 def test_distill_data_holding_something_else_is_refused_never_downloaded_into(tmp_path, monkeypatch):

@@ -11,6 +11,9 @@ import pytest
 
 from conftest import file_digest
 from distill.engine.checkpoint import load_checkpoint
+from distill.engine.checks import check_resume
+from distill.errors import UserError
+from distill.front import config as C
 from distill.engine.optim import lr_factor
 from runhelpers import assert_one_line_error, assert_same, before_steps_from_epoch, run_args, signal_after_steps
 from test_teach import scalars
@@ -136,3 +139,34 @@ def test_a_pipeline_whose_file_changed_does_not_resume_its_stage_with_the_new_re
     config.write_text(text.replace("[[students]]\n", "[[students]]\ntemperature = 1.0\n"))
     assert_one_line_error(cli(*args), "cannot resume", "student-resnet8-kd", "'temperature': 1.0")
 
+
+
+def test_a_resume_never_continues_one_kind_of_run_as_another(cli, tiny_data, tmp_path):
+    """A student's (or a baseline's) folder resumed with `teach` would go on as plain cross-entropy and be
+    recorded as a teacher; a teacher's resumed with `student` as a distilled run: each is refused, naming the
+    command that does continue it, before any other difference, and the folder is left as it was."""
+    teacher, student, baseline = (tmp_path / name for name in ("teacher", "student", "baseline"))
+    assert cli(*run_args("teach", tiny_data, teacher, 1)).code == 0
+    assert cli(*run_args("student", tiny_data, student, 1, "--teacher", teacher / "best.pt")).code == 0
+    assert cli(*run_args("student", tiny_data, baseline, 1, "--no-teacher")).code == 0
+    files = ("last.pt", "best.pt", "config.json", "metrics.json")
+    before = {out / name: (out / name).read_bytes() for out in (teacher, student, baseline) for name in files}
+
+    assert_one_line_error(cli("teach", "--out", student, "--resume", "--epochs", "2"),
+                          f"{student} holds a student run (kd)", f"resume it with distill student --out {student} "
+                          "--resume")
+    assert_one_line_error(cli("teach", "--out", baseline, "--resume", "--epochs", "2"),
+                          f"{baseline} holds a baseline run", f"distill student --out {baseline} --resume")
+    result = cli("student", "--out", teacher, "--resume", "--teacher", teacher / "best.pt", "--epochs", "2")
+    assert_one_line_error(result, f"{teacher} holds a teacher run", f"distill teach --out {teacher} --resume")
+    assert "is not the checkpoint that taught" not in result.err
+    assert_one_line_error(cli("student", "--out", teacher, "--resume"),  # not "--method kd needs --teacher"
+                          f"{teacher} holds a teacher run: resume it with distill teach --out {teacher} --resume")
+    # A baseline made a student by the options: the checkpoint's own role is checked before training.
+    assert_one_line_error(cli("student", "--out", baseline, "--resume", "--with-teacher", "--teacher",
+                              teacher / "best.pt"), f"{baseline} holds a baseline run: resume it with distill student")
+    assert {path: path.read_bytes() for path in before} == before
+    # And so it is for a run resumed from Python (a pipeline's stage), whatever its config.json says.
+    as_teacher = C.resolve(C.TeachConfig, {"data": str(tiny_data), "out": str(student), "resume": True})
+    with pytest.raises(UserError, match=f"^{student} holds a student run \\(kd\\): resume it with distill student"):
+        check_resume(load_checkpoint(student / "last.pt"), as_teacher, None, student)

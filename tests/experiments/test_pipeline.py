@@ -131,6 +131,43 @@ def test_rerun_skips_finished_resumes_interrupted_and_restarts_unsaved_stages(ex
     assert all((out / name / "metrics.json").is_file() for name in STAGES)
 
 
+def test_a_rerun_with_the_same_data_named_relatively_names_no_changed_setting(experiment, tmp_path, monkeypatch,
+                                                                            capsys):
+    """config.json records --data resolved; a relative --data (as the README writes it) is the same data, and
+    how a run is computed (--device) is no other setting of what it computed."""
+    out = tmp_path / "exp"
+    shutil.copytree(experiment["out"], out)
+    monkeypatch.chdir(experiment["root"])
+    capsys.readouterr()
+    main(["pipeline", "--config", str(experiment["config"]), "--out", str(out), "--data", "data", "--device", "auto",
+          "--set", "cache_dir=cache", "--quiet"])
+    printed = capsys.readouterr().out
+    assert [line for line in printed.splitlines() if line.startswith("skip ")] == [
+        f"skip {name} (finished)" for name in STAGES]
+
+
+def test_a_stage_whose_first_save_stopped_after_best_pt_starts_over_and_says_so(experiment, tmp_path, monkeypatch,
+                                                                                capsys):
+    """best.pt without last.pt (a full disk between the two writes) cannot be continued: the rerun says that this
+    best.pt is replaced before it replaces it, and trains the stage again."""
+    out = tmp_path / "exp"
+    shutil.copytree(experiment["out"], out)
+    baseline = out / "baseline-resnet8"
+    for name in ("metrics.json", "last.pt"):
+        (baseline / name).unlink()
+    (baseline / "best.pt").write_bytes(b"the interrupted run's best.pt")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    main(["pipeline", "--config", str(experiment["config"]), "--out", "exp", "--quiet"])
+    printed = " ".join(capsys.readouterr().out.split())  # as one line, however the console wrapped it
+    assert ("baseline-resnet8 starts over: its folder holds best.pt but no last.pt (a run stopped during its first "
+            "save), which cannot be continued; that best.pt is replaced") in printed
+    report = json.loads((out / "pipeline.json").read_text())
+    assert [s["status"] for s in report["stages"]] == ["skipped", "skipped", "ran"]
+    assert (baseline / "best.pt").read_bytes() != b"the interrupted run's best.pt"
+    assert (baseline / "last.pt").is_file() and (baseline / "metrics.json").is_file()
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -47,6 +47,12 @@ def imported_modules(importtime_stderr: str) -> set[str]:
     (["teach", "--out", "{tmp}/typo", "--resume"], "nothing to resume in {tmp}/typo"),
     (["teach", "--out", "{tmp}", "--epochs", "1"], "already holds a run"),
     (["student", "--teacher", "{tmp}/missing.pt"], "{tmp}/missing.pt not found"),
+    (["teach", "--weights", "{tmp}/nope.pt"], "--weights '{tmp}/nope.pt' is neither a file nor one of: none, imagenet"),
+    (["teach", "--weights", "imagenett"], "'imagenett' is neither a file nor one of: none, imagenet, imagenet1k_v1"),
+    (["teach", "--weights", "{tmp}"], "--weights {tmp} is not a regular file"),
+    (["teach", "--arch", "resnet8", "--weights", "imagenet"], "resnet8 is a student: use --weights none"),
+    (["teach", "--cache-dir", "{tmp}/best.pt"], "--cache-dir {tmp}/best.pt is a file, not a folder"),
+    (["evaluate", "{tmp}/best.pt", "--cache-dir", "{tmp}/last.pt"], "--cache-dir {tmp}/last.pt is a file"),
     (["pipeline", "--config", "configs/pipeline/smok.toml"], "smok.toml not found"),
     (["pipeline", "--config", "{tmp}/bad.toml"], "is not valid TOML"),
     (["pipeline", "--config", "{tmp}/unknown.toml"], "unknown key 'bogus'"),
@@ -130,6 +136,7 @@ def test_every_declared_name_is_registered_and_nothing_else():
     assert C.FIELD_CHOICES["method"] == tuple(METHODS)  # the methods register themselves (distill/methods/)
     assert teachers.STEMS == names.STEMS
     assert tuple(augment._POLICIES) == augment_spec.POLICIES
+    assert {arch: tuple(teachers.weight_choices(arch)) for arch in names.TEACHER_ARCHS} == names.TEACHER_WEIGHTS
 
 
 def test_a_registry_refuses_an_undeclared_name():

@@ -87,6 +87,7 @@ def student_args(data, out) -> list:
 NO_TEACHER = ["--no-teacher"]
 HUGE = str(10**399)  # 400 digits: an int option compared as a float overflows (math.isfinite)
 SHOWN = "(got 100000000000... (400 digits))"  # not the 400 digits themselves
+BENCH = ["--arch", "resnet8", "--device", "cpu"]  # a bench that would take a second, were its values valid
 # (command, its arguments, what the one line must say: the option and its valid range)
 RANGE_CASES = [
     ("teach", ["--momentum", "0"], ["--momentum", "(0, 1)", "got 0.0"]),  # Nesterov needs momentum > 0
@@ -146,6 +147,12 @@ RANGE_CASES = [
     ("models", ["--image-size", HUGE], ["--image-size must be at least 8 and at most 2^63 - 1"]),
     ("evaluate", ["nowhere.pt", "--limit-test", HUGE], ["--limit-test must be at least 1 and at most 2^63 - 1"]),
     ("predict", ["nowhere.pt", "x.png", "--top-k", HUGE], ["--top-k must be at least 1 and at most 2^63 - 1"]),
+    ("bench", [*BENCH, "--steps", HUGE], ["--steps must be at least 1 and at most 2^63 - 1", SHOWN]),
+    ("bench", [*BENCH, "--warmup", HUGE], ["--warmup must be at least 0 and at most 2^63 - 1", SHOWN]),
+    ("bench", [*BENCH, "--batch-size", HUGE], ["--batch-size must be at least 1 and at most 2^63 - 1"]),
+    ("bench", [*BENCH, "--reference", "--num-workers", HUGE], ["--num-workers must be at least 0 and at most 2^63"]),
+    ("bench", [*BENCH, "--steps", "0"], ["--steps must be at least 1 (got 0)"]),
+    ("bench", [*BENCH, "--num-workers", "-1"], ["--num-workers must be at least 0 (got -1)"]),
 ]
 
 
