@@ -45,9 +45,16 @@ def check_out(cfg: C.TrainConfig) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: choose another --out")
     check_use(cfg, out)
-    if (out / LOCK_FILE).exists():
+    if (out / LOCK_FILE).exists() and probes_lock():
         RunLock(out).release()  # refused now if it is live, before any data is decoded (taken for real later)
     return out
+
+
+def probes_lock() -> bool:
+    """Whether this process may probe a run folder's lock: always alone, and only rank 0 under torchrun. Every
+    rank runs the checks at the same moment, and two probes of one lock collide: each would see the other
+    as a live run (rank 0 alone takes the lock for real)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def check_use(cfg: C.TrainConfig, out: Path) -> None:

@@ -43,6 +43,27 @@ def test_a_second_process_on_a_live_run_folder_is_refused_and_a_dead_ones_lock_b
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
 
 
+def test_under_torchrun_only_rank_0_probes_the_lock(tmp_path, monkeypatch):
+    """Ranks check the folder at the same moment: a rank > 0 whose probe met rank 0's (or rank 0's real lock)
+    refused the run as "in use by another distill process" now and then (a flaky torchrun resume)."""
+    from distill.engine.folder import RunLock, check_out
+    from distill.front import config as C
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = C.resolve(C.TeachConfig, {}, {"out": str(out), "device": "cpu"})
+    held = RunLock(out)  # rank 0's lock (flock: a second open file conflicts even in this process)
+    try:
+        monkeypatch.setenv("RANK", "1")
+        assert check_out(cfg) == out
+        for rank in ("0", None):
+            monkeypatch.setenv("RANK", rank) if rank else monkeypatch.delenv("RANK")
+            with pytest.raises(Exception, match="in use by another distill process"):
+                check_out(cfg)
+    finally:
+        held.release()
+
+
 def test_a_forced_restart_removes_the_old_results_before_it_writes_anything(cli, tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     finished(cli, tiny_data, out)
