@@ -13,7 +13,7 @@ from distill.bench import timing as bench
 from distill.bench.options import bench_options
 from distill.front import config as C
 from distill.engine.checkpoint import load_checkpoint
-from distill.engine.run import train_group, train_run
+from distill.engine.run import train_group
 from distill.engine.evaluate import evaluate
 from distill.engine.loop import train_step
 from distill.models import unwrap
@@ -39,19 +39,6 @@ def test_the_standin_raises_on_a_stale_output_and_its_views():
     assert torch.equal(kept, unwrap(b)(x))  # what was materialized in time is still readable
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    from conftest import write_image_tree
-
-    root = tmp_path_factory.mktemp("graphs")
-    data = write_image_tree(root / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DISTILL_CACHE", str(root / "cache"))
-        train_run(C.resolve(C.TeachConfig, {}, {**RECIPE, "data": str(data), "arch": "resnet8",
-                                                "out": str(root / "teacher")}))
-    return data, root / "teacher" / "best.pt"
-
-
 def group(teacher, folder, compile: bool) -> list[C.StudentConfig]:
     """KD, KD on a mix of its own (function matching: a second teacher forward each step, on that mix), a
     feature method (FitNets: the teacher's stage outputs are read) and a baseline, trained together."""
@@ -65,11 +52,11 @@ def group(teacher, folder, compile: bool) -> list[C.StudentConfig]:
                                             "arch": "resnet8", "no_teacher": True, "out": str(folder / "base")})]
 
 
-def test_a_group_under_cuda_graph_semantics_ends_exactly_as_uncompiled(teacher, tmp_path, monkeypatch):
-    plain = train_group(group(teacher, tmp_path / "plain", compile=False))
+def test_a_group_under_cuda_graph_semantics_ends_exactly_as_uncompiled(tiny_teacher, tmp_path, monkeypatch):
+    plain = train_group(group(tiny_teacher, tmp_path / "plain", compile=False))
     pool = GraphPool()
     monkeypatch.setattr(torch, "compile", standin_compile(pool))
-    graphed = train_group(group(teacher, tmp_path / "graphed", compile=True))
+    graphed = train_group(group(tiny_teacher, tmp_path / "graphed", compile=True))
     assert pool.calls >= 5 * 6  # two teacher forwards (shared batch, fm's mix) and four learners, every step
     for name in ("kd", "fm", "fit", "base"):
         a, b = (load_checkpoint(tmp_path / run / name / "last.pt") for run in ("plain", "graphed"))
