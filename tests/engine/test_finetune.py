@@ -152,7 +152,8 @@ def test_layer_decay_gives_each_stage_its_rate_in_the_optimizers_param_groups(pr
     # layer4 and the head, then layer3 joins, ...: the stem's epoch is the last (fewer are refused)
     (["--freeze-epochs", 0, "--unfreeze", "gradual", "--freeze-bn"], 5),
     (["--freeze-epochs", 1, "--unfreeze", "lp-ft"], 2),  # the probe, then everything
-], ids=["gradual", "lp-ft"])
+    (["--freeze-epochs", 1, "--unfreeze", "all", "--layer-decay", 0.7], 2),  # the probe, then each layer's own rate
+], ids=["gradual", "lp-ft", "all-layer-decay"])
 def test_a_run_resumed_in_the_middle_of_each_phase_ends_bit_for_bit_as_the_uninterrupted_one(
         cli, tiny_data, tmp_path, pretrained, monkeypatch, schedule, epochs):
     path, _ = pretrained
