@@ -146,12 +146,17 @@ def test_any_mode_and_size_is_decoded_like_training_data(cli, run, tmp_path):
     assert by_mode["P"]["top"][0]["class"] in {"apple", "boat", "cloud"}
 
 
-def test_unreadable_files_are_named_and_the_rest_classified(cli, run, tmp_path):
-    folder = tmp_path / "mixed"
+def folder_of_test_images(run, folder, class_name: str, count: int):
+    """A new folder holding copies of `count` test images of one class: (the folder, the originals copied)."""
     folder.mkdir()
-    good = sorted((data_of(run) / "test" / "apple").glob("*.png"))[:3]
+    good = sorted((data_of(run) / "test" / class_name).glob("*.png"))[:count]
     for path in good:
         (folder / path.name).write_bytes(path.read_bytes())
+    return folder, good
+
+
+def test_unreadable_files_are_named_and_the_rest_classified(cli, run, tmp_path):
+    folder, good = folder_of_test_images(run, tmp_path / "mixed", "apple", 3)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "empty.jpg").write_bytes(b"")
     code, rows, err = predict_json(cli, run / "best.pt", folder)
@@ -255,11 +260,7 @@ def test_an_unreadable_input_is_named_and_the_others_classified(cli, run, tmp_pa
 
 
 def test_a_fifo_or_device_inside_a_folder_skips_only_that_file(cli, run, tmp_path):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    good = sorted((data_of(run) / "test" / "cloud").glob("*.png"))[:2]
-    for path in good:
-        (folder / path.name).write_bytes(path.read_bytes())
+    folder, good = folder_of_test_images(run, tmp_path / "photos", "cloud", 2)
     fifo, zero = (unreadable_input(kind, folder, good[0]) for kind in ("fifo.png", "zero.png"))
     code, rows, err = predict_json(cli, run / "best.pt", folder)
     assert [r["file"] for r in rows] == [str(folder / p.name) for p in good], err
